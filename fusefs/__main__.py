@@ -1,0 +1,5 @@
+import sys
+
+from fusefs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,417 @@
+"""Block cache: memory LRU over the on-disk BlockStore, single-flight fetches, whole-object fetches.
+
+Concurrency rules (trio: code between two awaits runs atomically):
+- A block is fetched by at most one task. ``_inflight[(oid, i)]`` holds the event its readers wait
+  on; it is created, and the block marked in flight, without an await in between.
+- Fetch tasks run in the cache's own nursery, not in the FUSE request that asked for them: a
+  request that times out or is interrupted does not cancel a download others wait on.
+- Bytes in flight are bounded by one global ``ByteBudget``; memory-resident blocks by ``_mem_cap``.
+  Neither depends on the number of open files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from fusefs.cache.store import BlockStore, ObjectMeta, object_id
+from fusefs.providers.base import ObjectRef, ProtocolError, ProviderError
+
+if TYPE_CHECKING:
+    from fusefs.providers.base import Provider
+
+log = logging.getLogger(__name__)
+
+BlockKey = tuple[str, int]
+
+
+class _Assembler:
+    """Cuts a stream of chunks into blocks with one copy per byte."""
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.pieces: list[bytes | memoryview] = []
+        self.have = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.pieces.append(chunk)
+        self.have += len(chunk)
+
+    def take(self, n: int) -> bytes:
+        """Remove and return the first ``n`` bytes (``n <= have``)."""
+        out: list[bytes | memoryview] = []
+        need = n
+        while need:
+            head = self.pieces[0]
+            if len(head) <= need:
+                out.append(head)
+                need -= len(head)
+                self.pieces.pop(0)
+            else:
+                mv = memoryview(head)
+                out.append(mv[:need])
+                self.pieces[0] = mv[need:]
+                need = 0
+        self.have -= n
+        return b"".join(out)
+
+
+class ByteBudget:
+    """A global byte budget; ``acquire`` is all-or-nothing, so holders never deadlock."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._changed = trio.Event()
+
+    async def acquire(self, n: int) -> int:
+        n = min(n, self.total)
+        while self.used + n > self.total:
+            await self._changed.wait()
+        self.used += n
+        return n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        ev, self._changed = self._changed, trio.Event()
+        ev.set()
+
+
+@dataclass(eq=False)
+class CachedObject:
+    """One immutable object version as the cache sees it."""
+
+    provider: Provider
+    ref: ObjectRef
+    oid: str
+    size: int | None
+    pinned: bool
+    present: set[int] = field(default_factory=set)  # blocks known to be on disk or in memory
+
+    @property
+    def whole_only(self) -> bool:
+        return not self.provider.capabilities.ranged_reads
+
+
+@dataclass
+class _WholeFetch:
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+@dataclass
+class CacheCounters:
+    hits: int = 0
+    misses: int = 0
+    fetches: int = 0
+    fetched_bytes: int = 0
+
+
+class BlockCache:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        block_size: int = 1 << 20,
+        max_bytes: int = 10 << 30,
+        min_free_ratio: float = 0.05,
+        memory_budget: int = 256 << 20,
+        max_request: int = 64 << 20,
+    ) -> None:
+        self.block_size = block_size
+        self.store = BlockStore(root, block_size, max_bytes, min_free_ratio)
+        self.max_request_blocks = max(1, max_request // block_size)
+        self._mem: OrderedDict[BlockKey, bytes] = OrderedDict()
+        self._mem_bytes = 0
+        self._mem_cap = max(memory_budget // 2, 4 * block_size)
+        self.budget = ByteBudget(max(memory_budget // 2, 2 * block_size))
+        self._inflight: dict[BlockKey, trio.Event] = {}
+        self._failed: dict[BlockKey, BaseException] = {}
+        self._whole: dict[str, _WholeFetch] = {}
+        self._objects: dict[str, CachedObject] = {}
+        self._nursery: trio.Nursery | None = None
+        self.counters = CacheCounters()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Scan the store, then host the fetch tasks until cancelled."""
+        await trio.to_thread.run_sync(self.store.scan)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def _spawn(self, fn: Callable[..., object], *args: object, name: str) -> None:
+        assert self._nursery is not None, "BlockCache.run() is not running"
+        self._nursery.start_soon(fn, *args, name=name)  # type: ignore[arg-type]
+
+    # -- objects -----------------------------------------------------------------------------
+    def object(self, provider: Provider, ref: ObjectRef) -> CachedObject:
+        oid = object_id(ref.provider, ref.key, ref.version)
+        obj = self._objects.get(oid)
+        if obj is None:
+            caps = provider.capabilities
+            meta = self.store.meta(oid)
+            size = ref.size if ref.size is not None else (meta.size if meta else None)
+            pinned = caps.one_shot or bool(meta and meta.pinned)
+            obj = CachedObject(provider, ref, oid, size, pinned)
+            self._objects[oid] = obj
+            if meta is None:
+                self.store.save_meta(
+                    oid,
+                    ObjectMeta(ref.provider, ref.key, ref.version, size, pinned, False, caps.one_shot),
+                )
+        return obj
+
+    def known_size(self, provider: Provider, ref: ObjectRef) -> int | None:
+        """Size of an object learnt from an earlier whole fetch (also across restarts)."""
+        return self.object(provider, ref).size
+
+    def is_complete(self, obj: CachedObject) -> bool:
+        meta = self.store.meta(obj.oid)
+        return bool(meta and meta.complete)
+
+    def cached_bytes(self, obj: CachedObject) -> int:
+        if obj.size is None:
+            return 0
+        n = self.nblocks(obj)
+        have = sum(1 for i in range(n) if self._has(obj, i))
+        if have == n:
+            return obj.size
+        return min(obj.size, have * self.block_size)
+
+    def nblocks(self, obj: CachedObject) -> int:
+        assert obj.size is not None
+        return math.ceil(obj.size / self.block_size)
+
+    # -- block access ------------------------------------------------------------------------
+    def _has(self, obj: CachedObject, index: int) -> bool:
+        if index in obj.present or (obj.oid, index) in self._mem:
+            return True
+        if self.store.has(obj.oid, index):
+            obj.present.add(index)
+            return True
+        return False
+
+    def _remember(self, key: BlockKey, data: bytes) -> None:
+        old = self._mem.pop(key, None)
+        if old is not None:
+            self._mem_bytes -= len(old)
+        self._mem[key] = data
+        self._mem_bytes += len(data)
+        while self._mem_bytes > self._mem_cap and self._mem:
+            _, dropped = self._mem.popitem(last=False)
+            self._mem_bytes -= len(dropped)
+
+    def _peek(self, obj: CachedObject, index: int) -> bytes | None:
+        key = (obj.oid, index)
+        data = self._mem.get(key)
+        if data is not None:
+            self._mem.move_to_end(key)
+            return data
+        data = self.store.load(obj.oid, index)
+        if data is None:
+            obj.present.discard(index)
+            return None
+        obj.present.add(index)
+        self._remember(key, data)
+        return data
+
+    async def get_block(self, obj: CachedObject, index: int) -> bytes:
+        """The verified bytes of one block, fetching it (alone) if no one else is."""
+        key = (obj.oid, index)
+        for _attempt in range(3):
+            data = self._peek(obj, index)
+            if data is not None:
+                self.counters.hits += 1
+                return data
+            ev = self._inflight.get(key)
+            if ev is None:
+                self.counters.misses += 1
+                self.prefetch(obj, index, index)
+                ev = self._inflight.get(key)
+                if ev is None:  # whole-object fetch finished synchronously: impossible, retry
+                    continue
+            await ev.wait()
+            data = self._mem.get(key)
+            if data is not None:
+                return data
+            exc = self._failed.pop(key, None)
+            if exc is not None:
+                raise exc
+        raise ProtocolError(f"block {index} of {obj.ref.key} vanished while being read")
+
+    def prefetch(self, obj: CachedObject, first: int, last: int) -> None:
+        """Start fetches so that blocks [first, last] become present. Never waits."""
+        if obj.whole_only or obj.size is None:
+            self.start_whole(obj)
+            return
+        last = min(last, self.nblocks(obj) - 1)
+        i = first
+        while i <= last:
+            if (obj.oid, i) in self._inflight or self._has(obj, i):
+                i += 1
+                continue
+            run_end = i
+            while (
+                run_end + 1 <= last
+                and run_end + 1 - i < self.max_request_blocks
+                and (obj.oid, run_end + 1) not in self._inflight
+                and not self._has(obj, run_end + 1)
+            ):
+                run_end += 1
+            for j in range(i, run_end + 1):
+                self._inflight[(obj.oid, j)] = trio.Event()
+            self._spawn(self._fetch_range, obj, i, run_end, name=f"fetch {obj.ref.key}[{i}:{run_end}]")
+            i = run_end + 1
+
+    def first_missing(self, obj: CachedObject, first: int, last: int) -> int | None:
+        for i in range(first, last + 1):
+            if (obj.oid, i) not in self._inflight and not self._has(obj, i):
+                return i
+        return None
+
+    def _finish_block(self, obj: CachedObject, index: int, data: bytes) -> None:
+        key = (obj.oid, index)
+        self._remember(key, data)
+        try:
+            self.store.store(obj.oid, index, data, pinned=obj.pinned)
+            obj.present.add(index)
+        except OSError as exc:
+            log.warning("could not write cache block %s/%d: %s", obj.ref.key, index, exc)
+        ev = self._inflight.pop(key, None)
+        if ev is not None:
+            ev.set()
+
+    def _fail_blocks(self, obj: CachedObject, first: int, last: int, exc: BaseException) -> None:
+        for j in range(first, last + 1):
+            key = (obj.oid, j)
+            ev = self._inflight.pop(key, None)
+            if ev is not None:
+                self._failed[key] = exc
+                ev.set()
+
+    async def _fetch_range(self, obj: CachedObject, first: int, last: int) -> None:
+        assert obj.size is not None
+        bs = self.block_size
+        offset = first * bs
+        length = min(obj.size, (last + 1) * bs) - offset
+        reserved = await self.budget.acquire(length)
+        index = first
+        try:
+            self.counters.fetches += 1
+            asm = _Assembler(bs)
+            async with obj.provider.open_stream(obj.ref, offset, length) as stream:
+                async for chunk in stream:
+                    self.counters.fetched_bytes += len(chunk)
+                    asm.add(chunk)
+                    while index <= last:
+                        want = min(bs, obj.size - index * bs)
+                        if asm.have < want:
+                            break
+                        self._finish_block(obj, index, asm.take(want))
+                        index += 1
+            if index <= last:
+                raise ProtocolError(
+                    f"short body: got {(index - first) * bs + asm.have} of {length} bytes",
+                    call="download",
+                )
+        except (ProviderError, OSError) as exc:
+            log.warning("fetch of %s blocks %d-%d failed: %s", obj.ref.key, index, last, exc)
+            self._fail_blocks(obj, index, last, exc)
+        except BaseException as exc:
+            self._fail_blocks(obj, index, last, ProtocolError(f"fetch aborted: {exc!r}"))
+            raise
+        finally:
+            self.budget.release(reserved)
+
+    # -- whole-object sources ----------------------------------------------------------------
+    def start_whole(self, obj: CachedObject) -> _WholeFetch:
+        wf = self._whole.get(obj.oid)
+        if wf is None or (wf.done.is_set() and wf.error is not None):
+            wf = _WholeFetch()
+            self._whole[obj.oid] = wf
+            self._spawn(self._fetch_whole, obj, wf, name=f"fetch-whole {obj.ref.key}")
+        return wf
+
+    async def wait_whole(self, obj: CachedObject) -> int:
+        """Make sure the whole object is cached; returns its size."""
+        if obj.size is not None and self.is_complete(obj):
+            n = self.nblocks(obj)
+            if all(self._has(obj, i) for i in range(n)):
+                return obj.size
+        wf = self.start_whole(obj)
+        await wf.done.wait()
+        if wf.error is not None:
+            raise wf.error
+        assert obj.size is not None
+        return obj.size
+
+    async def _fetch_whole(self, obj: CachedObject, wf: _WholeFetch) -> None:
+        bs = self.block_size
+        index = 0
+        total = 0
+        asm = _Assembler(bs)
+        try:
+            self.counters.fetches += 1
+            async with obj.provider.open_stream(obj.ref) as stream:
+                async for chunk in stream:
+                    total += len(chunk)
+                    self.counters.fetched_bytes += len(chunk)
+                    asm.add(chunk)
+                    while asm.have >= bs:
+                        self._finish_block(obj, index, asm.take(bs))
+                        index += 1
+            if asm.have:
+                self._finish_block(obj, index, asm.take(asm.have))
+                index += 1
+            if obj.ref.size is not None and total != obj.ref.size:
+                raise ProtocolError(f"size {total} differs from listed {obj.ref.size}")
+            obj.size = total
+            self.store.save_meta(
+                obj.oid,
+                ObjectMeta(
+                    obj.ref.provider,
+                    obj.ref.key,
+                    obj.ref.version,
+                    total,
+                    obj.pinned,
+                    True,
+                    obj.provider.capabilities.one_shot,
+                ),
+            )
+            log.info("cached %s whole: %d bytes", obj.ref.key, total)
+        except ProviderError as exc:
+            # never keep a partial whole object: it must not be served as if complete
+            for i in range(index):
+                obj.present.discard(i)
+                dropped = self._mem.pop((obj.oid, i), None)
+                if dropped is not None:
+                    self._mem_bytes -= len(dropped)
+                self.store.drop_block(obj.oid, i)
+            wf.error = exc
+        except BaseException as exc:
+            wf.error = ProtocolError(f"download aborted: {exc!r}")
+            raise
+        finally:
+            wf.done.set()
+
+    # -- pinning / stats ---------------------------------------------------------------------
+    def statistics(self) -> dict[str, int]:
+        out = dict(self.store.stats())
+        out.update(
+            hits=self.counters.hits,
+            misses=self.counters.misses,
+            fetches=self.counters.fetches,
+            fetched_bytes=self.counters.fetched_bytes,
+            memory_bytes=self._mem_bytes,
+            inflight_budget_used=self.budget.used,
+        )
+        return out

@@ -1,0 +1,78 @@
+"""Per-handle reads: sequential detection, a growing read-ahead window, block assembly."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fusefs.cache.block_cache import BlockCache, CachedObject
+
+# The kernel reorders and splits readahead; jumps within this slack still count as sequential.
+_BACK_SLACK = 1 << 20
+_FORWARD_SLACK = 16 << 20
+
+
+class FileReader:
+    """Reads one object version for one open file handle."""
+
+    def __init__(self, cache: BlockCache, obj: CachedObject, *, max_window: int = 64 << 20) -> None:
+        self.cache = cache
+        self.obj = obj
+        self.max_window_blocks = max(1, max_window // cache.block_size)
+        self.window = 0  # read-ahead, in blocks
+        self.next_offset = 0
+        self.random_reads = 0
+
+    def _note_access(self, offset: int, end: int) -> None:
+        expected = self.next_offset
+        sequential = expected - _BACK_SLACK <= offset <= expected + _FORWARD_SLACK
+        if sequential:
+            self.window = min(max(self.window * 2, 1), self.max_window_blocks)
+        else:
+            self.random_reads += 1
+            self.window = 0
+        self.next_offset = max(end, self.next_offset) if sequential else end
+
+    def _schedule(self, first: int, last: int) -> None:
+        cache = self.cache
+        obj = self.obj
+        nblocks = cache.nblocks(obj)
+        horizon = min(last + self.window, nblocks - 1)
+        # blocks the caller needs now: fetch them together with the read-ahead run that follows
+        missing = cache.first_missing(obj, first, last)
+        if missing is not None:
+            cache.prefetch(obj, missing, max(last, min(horizon, missing + self.window)))
+            return
+        if self.window == 0 or horizon <= last:
+            return
+        ahead = cache.first_missing(obj, last + 1, horizon)
+        if ahead is None:
+            return
+        # only issue a read-ahead request once it is worth a round trip: half a window, or EOF
+        if horizon - ahead + 1 >= max(1, self.window // 2) or horizon == nblocks - 1:
+            cache.prefetch(obj, ahead, min(ahead + self.window - 1, nblocks - 1))
+
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
+        obj = self.obj
+        if obj.size is None:
+            await self.cache.wait_whole(obj)
+        assert obj.size is not None
+        end = min(offset + size, obj.size)
+        if offset >= end:
+            return b""
+        bs = self.cache.block_size
+        first, last = offset // bs, (end - 1) // bs
+        self._note_access(offset, end)
+        if not obj.whole_only:
+            self._schedule(first, last)
+        if first == last:
+            block = await self.cache.get_block(obj, first)
+            start = offset - first * bs
+            return memoryview(block)[start : start + (end - offset)]
+        parts: list[bytes | memoryview] = []
+        for index in range(first, last + 1):
+            block = await self.cache.get_block(obj, index)
+            lo = max(offset, index * bs) - index * bs
+            hi = min(end, (index + 1) * bs) - index * bs
+            parts.append(memoryview(block)[lo:hi])
+        return b"".join(parts)

@@ -1,0 +1,160 @@
+"""Command line: `fusefs mount|unmount|demo|emulator|world`. Parsing and exit codes only."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("fusefs")
+
+
+def _setup_logging(level: str, logfile: Path | None = None) -> None:
+    handler: logging.Handler = (
+        logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def _fail(msg: str) -> int:
+    print(f"fusefs: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from fusefs.config import ConfigError, load_config
+    from fusefs.mount import MountError, check_mountpoint
+
+    mnt = Path(args.mountpoint).absolute()
+    try:
+        cfg = load_config(Path(args.config))
+        check_mountpoint(mnt)
+    except (ConfigError, MountError) as exc:
+        return _fail(str(exc))
+    level = "debug" if args.debug else cfg.mount.log_level
+    if not args.foreground:
+        return _spawn_background(args, mnt)
+    _setup_logging(level)
+    import trio
+
+    from fusefs.mount import run_mount
+
+    try:
+        trio.run(run_mount, cfg, mnt)
+    except MountError as exc:
+        return _fail(str(exc))
+    except RuntimeError as exc:  # pyfuse3.init failures
+        return _fail(f"mounting {mnt} failed: {exc}")
+    return 0
+
+
+def _spawn_background(args: argparse.Namespace, mnt: Path) -> int:
+    """Run the daemon detached, logging to a file; return once the mount is up."""
+    logdir = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "fusefs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    logfile = logdir / f"{mnt.name or 'root'}.log"
+    argv = [sys.executable, "-m", "fusefs", "mount", "--foreground", "--config", args.config]
+    if args.debug:
+        argv.append("--debug")
+    argv.append(str(mnt))
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if os.path.ismount(mnt):
+            print(f"fusefs: mounted {mnt} (pid {proc.pid}, log {logfile})")
+            return 0
+        if proc.poll() is not None:
+            return _fail(f"the daemon exited with {proc.returncode}; see {logfile}")
+        time.sleep(0.05)
+    proc.terminate()
+    return _fail(f"{mnt} did not become a mount within 30 s; see {logfile}")
+
+
+def unmount(mnt: Path) -> int:
+    fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
+    if fusermount is None:
+        return _fail("fusermount3 not found: install fuse3")
+    r = subprocess.run([fusermount, "-u", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return _fail(r.stderr.strip() or f"could not unmount {mnt}")
+    return 0
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    return unmount(Path(args.mountpoint))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fusefs.demo import run_demo
+
+    return run_demo(Path(args.mountpoint), Path(args.workdir), scale=args.scale)
+
+
+def cmd_emulator(args: argparse.Namespace, rest: list[str]) -> int:
+    from fusefs.emulator.__main__ import main as emulator_main
+
+    return emulator_main(rest)
+
+
+def cmd_world(args: argparse.Namespace, rest: list[str]) -> int:
+    from fusefs.emulator.world import main as world_main
+
+    return world_main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fusefs", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="mount the configured clouds at MOUNTPOINT")
+    m.add_argument("mountpoint")
+    m.add_argument("--config", required=True, help="TOML config file (docs/configuration.md)")
+    m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
+    m.add_argument("--debug", action="store_true", help="log every request")
+    m.set_defaults(func=cmd_mount)
+
+    u = sub.add_parser("unmount", help="unmount MOUNTPOINT")
+    u.add_argument("mountpoint")
+    u.set_defaults(func=cmd_unmount)
+
+    d = sub.add_parser("demo", help="start the emulator with a sample world and mount it")
+    d.add_argument("mountpoint", nargs="?", default="mnt")
+    d.add_argument("--workdir", default=".fusefs-demo", help="where the world and cache live")
+    d.add_argument("--scale", default="demo", choices=["tiny", "demo", "bench"])
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("emulator", help="run the cloud emulator (see docs/emulator.md)",
+                       add_help=False)
+    e.set_defaults(func=None, passthrough=cmd_emulator)
+    w = sub.add_parser("world", help="generate a world (see docs/world.md)", add_help=False)
+    w.set_defaults(func=None, passthrough=cmd_world)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in ("emulator", "world"):
+        args = argparse.Namespace()
+        return int(cmd_emulator(args, argv[1:]) if argv[0] == "emulator" else cmd_world(args, argv[1:]))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

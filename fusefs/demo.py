@@ -1,0 +1,204 @@
+"""`fusefs demo`: generate a world, start the emulator, mount it, unmount cleanly on Ctrl-C.
+
+Also the helpers tests use to point a daemon at an emulator: ``demo_config`` writes the config
+and returns the environment holding the secrets (secrets never go into argv or the config).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_NAMES = {
+    "enos_key": "FUSEFS_ENOS_APP_KEY",
+    "enos_secret": "FUSEFS_ENOS_APP_SECRET",
+    "koodrive_token": "FUSEFS_KOODRIVE_TOKEN",
+    "iam_password": "FUSEFS_IAM_PASSWORD",
+}
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def demo_config(
+    world_dir: Path,
+    base_url: str,
+    cache_dir: Path,
+    config_path: Path,
+    *,
+    mount: Mapping[str, Any] | None = None,
+    cache: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Write a config naming everything in the world; return the env vars with its secrets."""
+    world = json.loads((world_dir / "world.json").read_text())
+    creds = world["credentials"]
+    mount_opts = {"request_timeout": 60.0, "dir_ttl": 60.0, "log_level": "info", **(mount or {})}
+    cache_opts = {"dir": str(cache_dir), "max_size": "4GiB", **(cache or {})}
+
+    def table(opts: Mapping[str, Any]) -> list[str]:
+        return [f"{k} = {json.dumps(v)}" for k, v in opts.items()]
+
+    orgs = ", ".join(_toml_str(o["orgId"]) for o in world["enos"]["orgs"])
+    containers = []
+    for c in world["koodrive"]["containers"]:
+        item = f"{{ id = {_toml_str(c['containerId'])}"
+        if c.get("groupId"):
+            item += f", group_id = {_toml_str(c['groupId'])}"
+        containers.append(item + " }")
+    iam = creds["iam"]
+    roma_instances = []
+    for inst in world["roma"]["instances"]:
+        jobs = ", ".join(_toml_str(j["job_id"]) for j in inst["jobs"])
+        roma_instances.append(f"{{ id = {_toml_str(inst['instanceId'])}, jobs = [{jobs}] }}")
+    lines = [
+        "# written by fusefs demo: the emulator's world, secrets in the environment",
+        "[mount]", *table(mount_opts), "",
+        "[cache]", *table(cache_opts), "",
+        "[enos]",
+        f"apigw_url = {_toml_str(base_url)}",
+        f"app_key_env = {_toml_str(ENV_NAMES['enos_key'])}",
+        f"app_secret_env = {_toml_str(ENV_NAMES['enos_secret'])}",
+        f"orgs = [{orgs}]", "",
+        "[koodrive]",
+        f"url = {_toml_str(base_url)}",
+        'auth = "token"',
+        f"token_env = {_toml_str(ENV_NAMES['koodrive_token'])}",
+        f"containers = [{', '.join(containers)}]", "",
+        "[iam]",
+        f"url = {_toml_str(base_url)}",
+        f"user = {_toml_str(iam['user'])}",
+        f"domain = {_toml_str(iam['domain'])}",
+        f"project = {_toml_str(iam['project'])}",
+        f"password_env = {_toml_str(ENV_NAMES['iam_password'])}", "",
+        "[iotda]",
+        f"url = {_toml_str(base_url)}",
+        f"project_id = {_toml_str(world['iotda']['projectId'])}",
+        f"instance_id = {_toml_str(world['iotda']['instanceId'])}", "",
+        "[roma]",
+        f"url = {_toml_str(base_url)}",
+        f"project_id = {_toml_str(world['roma']['projectId'])}",
+        f"instances = [{', '.join(roma_instances)}]", "",
+    ]
+    config_path.write_text("\n".join(lines))
+    config_path.chmod(0o600)
+    return {
+        ENV_NAMES["enos_key"]: creds["enos"]["appKey"],
+        ENV_NAMES["enos_secret"]: creds["enos"]["appSecret"],
+        ENV_NAMES["koodrive_token"]: creds["koodrive"]["token"],
+        ENV_NAMES["iam_password"]: iam["password"],
+    }
+
+
+@contextlib.contextmanager
+def running_emulator(world_dir: Path, workdir: Path, *, faults: Path | None = None,
+                     log: Path | None = None) -> Iterator[str]:
+    """Start ``python -m fusefs.emulator`` on 127.0.0.1 (port 0); yield its base URL."""
+    port_file = workdir / "emulator.port"
+    port_file.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "fusefs.emulator", "--world", str(world_dir),
+            "--host", "127.0.0.1", "--port-file", str(port_file)]
+    if faults is not None:
+        argv += ["--faults", str(faults)]
+    out = open(log or workdir / "emulator.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if proc.poll() is not None:
+                raise RuntimeError(f"emulator exited with {proc.returncode}; see {out.name}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("emulator did not start within 30 s")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{int(port_file.read_text().strip())}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.close()
+
+
+def ensure_world(world_dir: Path, scale: str, seed: int = 1) -> None:
+    if (world_dir / "world.json").exists():
+        return
+    from fusefs.emulator.world import generate
+
+    print(f"fusefs demo: generating the {scale} world in {world_dir} ...", flush=True)
+    generate(world_dir, seed, scale)
+
+
+def run_demo(mountpoint: Path, workdir: Path, *, scale: str = "demo") -> int:
+    from fusefs.cli import unmount
+
+    workdir = workdir.absolute()
+    mountpoint = mountpoint.absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    if os.path.ismount(mountpoint):
+        print(f"fusefs: error: {mountpoint} is already mounted", file=sys.stderr)
+        return 2
+    world_dir = workdir / f"world-{scale}"
+    ensure_world(world_dir, scale)
+    with running_emulator(world_dir, workdir) as base_url:
+        config = workdir / "config.toml"
+        env = {**os.environ, **demo_config(world_dir, base_url, workdir / "cache", config)}
+        log_path = workdir / "daemon.log"
+        with open(log_path, "ab") as out:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "fusefs", "mount", "--foreground", "--config", str(config),
+                 str(mountpoint)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.ismount(mountpoint):
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    print(f"fusefs: error: mount failed; see {log_path}", file=sys.stderr)
+                    return 1
+                time.sleep(0.05)
+            rel = os.path.relpath(mountpoint)
+            print(f"""
+fusefs demo: the emulator listens on {base_url}; its clouds are mounted at {mountpoint}
+  world:   {world_dir}   (expected view: {world_dir / 'expected'})
+  config:  {config}
+  log:     {log_path}
+
+Try, in another terminal:
+  ls {rel}/enos {rel}/koodrive {rel}/iotda/exports {rel}/roma
+  ls -l {rel}/koodrive/*/
+  find {rel} -type f | head
+  diff -r {world_dir / 'expected'} {rel} && echo identical
+  getfattr -d {rel}/iotda/exports/*.zip | head
+  unzip -l "$(ls {rel}/iotda/exports/*.zip | head -1)"
+
+Press Ctrl-C to unmount and stop.""", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.pause() if daemon.poll() is None else None
+                while daemon.poll() is None:
+                    time.sleep(0.5)
+        finally:
+            print("\nfusefs demo: unmounting ...", flush=True)
+            if os.path.ismount(mountpoint):
+                unmount(mountpoint)
+            try:
+                daemon.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+            if os.path.ismount(mountpoint) and shutil.which("fusermount3"):
+                subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+    print("fusefs demo: stopped; nothing left mounted", flush=True)
+    return 0

@@ -1,0 +1,273 @@
+"""The thin FUSE adapter: bytes <-> str, Node -> EntryAttributes, and the one errno boundary.
+
+Only this module and ``mount.py`` import pyfuse3. Every handler runs under ``errno_boundary``:
+a time limit (``request_timeout``), FsError -> its errno, anything unexpected -> EIO + a log
+line. Nothing here may let an exception escape to pyfuse3, which would end the mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from fusefs import errors
+from fusefs.cache.reader import FileReader
+from fusefs.providers.base import EntryKind, ProviderError
+from fusefs.vfs.tree import ROOT_INO, Node, VirtualTree, to_fs_error
+
+if TYPE_CHECKING:
+    from fusefs.cache.block_cache import BlockCache
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+_XATTR_PREFIX = "user.fusefs."
+
+
+def errno_boundary(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    @functools.wraps(fn)
+    async def handler(*args: P.args, **kwargs: P.kwargs) -> T:
+        self = args[0]
+        assert isinstance(self, FuseOperations)
+        try:
+            with trio.fail_after(self.request_timeout):
+                return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except errors.FsError as exc:
+            log.log(exc.log_level, "%s%r failed: %s", fn.__name__, args[1:3], exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except ProviderError as exc:  # a provider error that skipped the vfs conversion
+            fs_exc = to_fs_error(exc, fn.__name__)
+            log.log(fs_exc.log_level, "%s%r failed: %s", fn.__name__, args[1:3], fs_exc)
+            raise pyfuse3.FUSEError(fs_exc.errno) from None
+        except trio.TooSlowError:
+            log.warning(
+                "%s%r did not finish within request_timeout=%ss; answering EIO",
+                fn.__name__, args[1:3], self.request_timeout,
+            )
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:  # never BaseException: trio.Cancelled must propagate
+            log.exception("%s%r: unexpected error", fn.__name__, args[1:3])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return handler
+
+
+class _DirHandle:
+    __slots__ = ("entries", "ino")
+
+    def __init__(self, ino: int) -> None:
+        self.ino = ino
+        self.entries: list[tuple[str, Node]] | None = None
+
+
+class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: VirtualTree, cache: BlockCache, *, request_timeout: float) -> None:
+        super().__init__()
+        self.tree = tree
+        self.cache = cache
+        self.request_timeout = request_timeout
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self._next_fh = 1
+        self._files: dict[int, tuple[Node, FileReader]] = {}
+        self._dirs: dict[int, _DirHandle] = {}
+
+    # -- attributes ------------------------------------------------------------------------
+    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.generation = 0
+        if node.kind is EntryKind.DIR:
+            a.st_mode = stat.S_IFDIR | 0o555
+            a.st_nlink = 2
+            a.st_size = 0
+        else:
+            a.st_mode = stat.S_IFREG | 0o444
+            a.st_nlink = 1
+            a.st_size = node.size or 0
+        a.st_blksize = self.cache.block_size
+        a.st_blocks = (a.st_size + 511) // 512
+        a.st_uid = self.uid
+        a.st_gid = self.gid
+        a.st_atime_ns = node.mtime_ns
+        a.st_mtime_ns = node.mtime_ns
+        a.st_ctime_ns = node.ctime_ns or node.mtime_ns
+        # an unknown size must not be trusted by the kernel: ask again on the next stat
+        timeout = 0.0 if node.size is None else self.tree.dir_ttl
+        a.entry_timeout = timeout
+        a.attr_timeout = timeout
+        return a
+
+    # -- lookups -----------------------------------------------------------------------------
+    @errno_boundary
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.tree.lookup(parent_inode, os.fsdecode(name))
+        await self.tree.resolve_size(node)
+        self.tree.remember(node)
+        return self._attrs(node)
+
+    @errno_boundary
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = await self.tree.getattr(inode)
+        await self.tree.resolve_size(node)
+        return self._attrs(node)
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        try:
+            self.tree.forget(inode_list)
+        except Exception:
+            log.exception("forget failed")
+
+    @errno_boundary
+    async def setattr(
+        self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise errors.ReadOnly("setattr on a read-only mount")
+
+    # -- directories -------------------------------------------------------------------------
+    @errno_boundary
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self.tree.node(inode)
+        if not node.is_dir:
+            raise errors.NotADirectory(self.tree.describe(node))
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirs[fh] = _DirHandle(inode)
+        return fh
+
+    @errno_boundary
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self._dirs.get(fh)
+        if handle is None:
+            raise errors.NotFound(f"directory handle {fh}")
+        if handle.entries is None or start_id == 0:
+            # one snapshot per handle: continuation ids stay valid while the listing changes
+            handle.entries = await self.tree.readdir(handle.ino)
+        entries = handle.entries
+        for i in range(start_id, len(entries)):
+            name, child = entries[i]
+            if child.ino not in self.tree.nodes:
+                continue
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(child), i + 1):
+                return
+            self.tree.remember(child)
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # -- files -------------------------------------------------------------------------------
+    @errno_boundary
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise errors.ReadOnly("open for writing on a read-only mount")
+        node = await self.tree.getattr(inode)
+        if node.is_dir:
+            raise errors.IsADirectory(self.tree.describe(node))
+        await self.tree.resolve_size(node)
+        assert node.provider is not None
+        ref = self.tree.ref(node)
+        obj = self.cache.object(node.provider, ref)
+        if obj.size is None:
+            obj.size = node.size
+        keep = node.version_seen == ref.version
+        node.version_seen = ref.version
+        fh = self._next_fh
+        self._next_fh += 1
+        self._files[fh] = (node, FileReader(self.cache, obj))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
+
+    @errno_boundary
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        try:
+            node, reader = self._files[fh]
+        except KeyError:
+            raise errors.NotFound(f"file handle {fh}") from None
+        try:
+            return await reader.read(off, size)
+        except ProviderError as exc:
+            raise to_fs_error(exc, f"reading {self.tree.describe(node)} at {off}") from exc
+
+    async def release(self, fh: int) -> None:
+        self._files.pop(fh, None)
+
+    # -- xattrs ------------------------------------------------------------------------------
+    def _xattrs(self, node: Node) -> dict[str, str]:
+        if node.provider is None or node.entry is None:
+            return {}
+        e = node.entry
+        out = {
+            "provider": node.provider.name,
+            "remote_id": e.remote_id,
+            "remote_name": e.name,
+            "version": e.version,
+        }
+        if e.md5:
+            out["md5"] = e.md5
+        if not node.is_dir:
+            obj = self.cache.object(node.provider, self.tree.ref(node))
+            cached = self.cache.cached_bytes(obj)
+            out["cached_bytes"] = str(cached)
+            size = obj.size
+            out["cached_percent"] = (
+                "100" if size == 0 else ("0" if not size else str(cached * 100 // size))
+            )
+            out["pinned"] = "1" if obj.pinned else "0"
+        out.update(e.extra)
+        return out
+
+    @errno_boundary
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        node = self.tree.node(inode)
+        return [(_XATTR_PREFIX + k).encode() for k in self._xattrs(node)]
+
+    @errno_boundary
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.tree.node(inode)
+        key = os.fsdecode(name)
+        if not key.startswith(_XATTR_PREFIX):
+            raise errors.NoAttribute(key)
+        value = self._xattrs(node).get(key[len(_XATTR_PREFIX) :])
+        if value is None:
+            raise errors.NoAttribute(key)
+        return value.encode()
+
+    @errno_boundary
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = self.cache.block_size
+        s.f_frsize = self.cache.block_size
+        used = self.cache.store.unpinned_bytes + self.cache.store.pinned_bytes
+        s.f_blocks = max(1, used // self.cache.block_size)
+        s.f_bfree = 0
+        s.f_bavail = 0
+        s.f_files = len(self.tree.nodes)
+        s.f_ffree = 0
+        s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    @errno_boundary
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> None:
+        if mode & os.W_OK:
+            raise errors.ReadOnly("write access on a read-only mount")
+        self.tree.node(inode)
+
+
+__all__ = ["ROOT_INO", "FuseOperations"]

@@ -1,0 +1,124 @@
+"""The provider contract: what the virtual tree and the block cache need from a cloud API.
+
+Exception tree (providers raise these; ``fusefs.vfs`` converts them to ``FsError``)::
+
+    ProviderError
+      ObjectNotFound      the object or folder is gone (404, 99404, 13000309, IOTDA.014802, ...)
+      AuthError           credentials rejected even after one fresh token
+      VersionMismatch     the object changed under an open handle
+      TransientError      timeouts, resets, 5xx, 429 (retry_after set when the server said so)
+      Unavailable         the service cannot be reached at all (connection refused / DNS)
+      OneShotConsumed     a one-shot object was already downloaded (ROMA); it can never be fetched
+      ProtocolError       the server answered something the API does not allow
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class EntryKind(enum.Enum):
+    FILE = "file"
+    DIR = "dir"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteEntry:
+    """One child of a remote directory, exactly as the API named it."""
+
+    name: str  # remote name, raw (the vfs applies the name mapping rule of docs/world.md)
+    remote_id: str  # stable id: decides duplicates; shown as user.fusefs.remote_id
+    kind: EntryKind
+    key: str  # provider-opaque handle: passed back to list_dir (DIR) or inside ObjectRef (FILE)
+    size: int | None  # bytes; 0 for DIR; None = unknown until fetched whole (IoTDA, ROMA)
+    mtime_ns: int
+    ctime_ns: int
+    version: str  # content version (md5, editedTime, ...); "" if the API gives none
+    md5: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)  # shown as user.fusefs.<k> xattrs
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """What cached blocks belong to: (provider, key, version) names one immutable byte string."""
+
+    provider: str
+    key: str
+    version: str
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    ranged_reads: bool = True  # False: fetch whole, streaming, never with Range
+    size_known: bool = True  # False: size learnt from the first whole fetch
+    one_shot: bool = False  # True: can be downloaded once only -> pin, never evict
+    max_concurrency: int = 4  # concurrent downloads this provider tolerates
+
+
+class Provider(Protocol):
+    name: str  # directory name under the mount root: enos, koodrive, iotda, roma
+    capabilities: Capabilities
+
+    async def list_dir(self, key: str) -> list[RemoteEntry]:
+        """Complete listing of a directory ("" = the provider's root); pages internally."""
+        ...
+
+    def open_stream(
+        self, ref: ObjectRef, offset: int = 0, length: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Bytes ``[offset, offset+length)`` of the object (``length=None``: to the end).
+
+        Ranged providers resume internally after a cut or an expired link, so the iterator yields
+        contiguous bytes or raises ``ProviderError``. Non-ranged providers require ``offset == 0``
+        and ``length is None`` and yield the whole object.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class ProviderError(Exception):
+    """Base of every error a provider raises. ``call`` names the remote call."""
+
+    def __init__(self, message: str, *, call: str = "") -> None:
+        super().__init__(message)
+        self.call = call
+
+    def __str__(self) -> str:
+        msg = super().__str__()
+        return f"{self.call}: {msg}" if self.call else msg
+
+
+class ObjectNotFound(ProviderError):
+    pass
+
+
+class AuthError(ProviderError):
+    pass
+
+
+class VersionMismatch(ProviderError):
+    pass
+
+
+class TransientError(ProviderError):
+    def __init__(self, message: str, *, call: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message, call=call)
+        self.retry_after = retry_after
+
+
+class Unavailable(TransientError):
+    pass
+
+
+class OneShotConsumed(ProviderError):
+    pass
+
+
+class ProtocolError(ProviderError):
+    pass

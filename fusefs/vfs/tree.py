@@ -1,0 +1,274 @@
+"""Inodes over provider listings.
+
+Every directory's listing is fetched once per TTL (single-flight) and answers ``lookup``,
+``getattr`` and ``readdir`` for all its entries: ``ls -l`` of a folder costs its listing calls and
+nothing per entry. When a refresh fails and an older listing exists, the older one is served
+(degraded, logged) so that the mount keeps working while a provider is unreachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NewType
+
+import trio
+
+from fusefs import errors
+from fusefs.naming import map_names
+from fusefs.providers.base import (
+    AuthError,
+    EntryKind,
+    ObjectNotFound,
+    ObjectRef,
+    OneShotConsumed,
+    ProviderError,
+    RemoteEntry,
+    TransientError,
+    Unavailable,
+    VersionMismatch,
+)
+
+if TYPE_CHECKING:
+    from fusefs.cache.block_cache import BlockCache
+    from fusefs.providers.base import Provider
+
+log = logging.getLogger(__name__)
+
+InodeNo = NewType("InodeNo", int)
+ROOT_INO = InodeNo(1)
+
+
+@dataclass(eq=False)
+class Node:
+    ino: InodeNo
+    parent: InodeNo
+    name: str
+    kind: EntryKind
+    provider: Provider | None  # None only for the root
+    key: str
+    entry: RemoteEntry | None = None
+    size: int | None = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    lookups: int = 0
+    children: dict[str, InodeNo] | None = None  # None: never listed
+    order: list[str] = field(default_factory=list)
+    listed_at: float = -math.inf
+    refreshing: trio.Event | None = None
+    version_seen: str | None = None  # version at the last open (keep_cache decision)
+    detached: bool = False  # no longer in its parent's listing
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind is EntryKind.DIR
+
+    @property
+    def path(self) -> str:
+        return self.key
+
+
+def to_fs_error(exc: ProviderError, what: str) -> errors.FsError:
+    """The single ProviderError -> FsError conversion."""
+    err: errors.FsError
+    if isinstance(exc, ObjectNotFound):
+        err = errors.NotFound(f"{what}: {exc}")
+    elif isinstance(exc, AuthError):
+        err = errors.PermissionDenied(f"{what}: {exc}")
+    elif isinstance(exc, VersionMismatch):
+        err = errors.Stale(f"{what}: {exc}")
+    elif isinstance(exc, Unavailable):
+        err = errors.Offline(f"{what}: {exc}")
+    elif isinstance(exc, OneShotConsumed):
+        err = errors.RemoteError(f"{what}: {exc} (the archive can no longer be fetched)")
+    elif isinstance(exc, TransientError):
+        err = errors.RemoteError(f"{what}: {exc}")
+    else:
+        err = errors.RemoteError(f"{what}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+class VirtualTree:
+    def __init__(
+        self,
+        providers: Sequence[Provider],
+        cache: BlockCache,
+        *,
+        dir_ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if dir_ttl <= 0:
+            raise ValueError("dir_ttl must be > 0")
+        self.cache = cache
+        self.dir_ttl = dir_ttl
+        self.clock = clock
+        self._next_ino = 2
+        self.nodes: dict[InodeNo, Node] = {}
+        root = Node(ROOT_INO, ROOT_INO, "", EntryKind.DIR, None, "")
+        root.children = {}
+        root.listed_at = math.inf
+        self.nodes[ROOT_INO] = root
+        now_ns = time.time_ns()
+        for p in providers:
+            ino = self._new_ino()
+            node = Node(ino, ROOT_INO, p.name, EntryKind.DIR, p, "", mtime_ns=now_ns, ctime_ns=now_ns)
+            self.nodes[ino] = node
+            root.children[p.name] = ino
+            root.order.append(p.name)
+        root.mtime_ns = root.ctime_ns = now_ns
+
+    def _new_ino(self) -> InodeNo:
+        ino = InodeNo(self._next_ino)
+        self._next_ino += 1
+        return ino
+
+    def node(self, ino: int) -> Node:
+        try:
+            return self.nodes[InodeNo(ino)]
+        except KeyError:
+            raise errors.NotFound(f"inode {ino} is not known") from None
+
+    def describe(self, node: Node) -> str:
+        parts: list[str] = []
+        n = node
+        while n.ino != ROOT_INO:
+            parts.append(n.name)
+            n = self.nodes[n.parent]
+        return "/" + "/".join(reversed(parts))
+
+    # -- listings ----------------------------------------------------------------------------
+    async def ensure_listing(self, node: Node) -> None:
+        if not node.is_dir:
+            raise errors.NotADirectory(self.describe(node))
+        while self.clock() - node.listed_at >= self.dir_ttl:
+            if node.refreshing is not None:
+                await node.refreshing.wait()
+                continue
+            node.refreshing = trio.Event()
+            try:
+                await self._refresh(node)
+            finally:
+                node.refreshing.set()
+                node.refreshing = None
+            return
+
+    async def _refresh(self, node: Node) -> None:
+        assert node.provider is not None
+        what = f"listing {self.describe(node)}"
+        try:
+            entries = await node.provider.list_dir(node.key)
+        except ProviderError as exc:
+            if node.children is not None:
+                log.warning("%s failed (%s); serving the listing from %.0f s ago", what, exc,
+                            self.clock() - node.listed_at)
+                node.listed_at = self.clock() - self.dir_ttl + min(self.dir_ttl, 5.0)
+                return
+            raise to_fs_error(exc, what) from exc
+        self._apply_listing(node, entries)
+        node.listed_at = self.clock()
+
+    def _apply_listing(self, node: Node, entries: Sequence[RemoteEntry]) -> None:
+        names = map_names([(e.name, e.remote_id) for e in entries])
+        old = node.children or {}
+        new: dict[str, InodeNo] = {}
+        for name, entry in zip(names, entries, strict=True):
+            ino = old.get(name)
+            child = self.nodes.get(ino) if ino is not None else None
+            if child is not None and child.entry is not None and (
+                child.entry.remote_id != entry.remote_id or child.kind is not entry.kind
+            ):
+                child.detached = True
+                child = None
+            if child is None:
+                ino = self._new_ino()
+                child = Node(ino, node.ino, name, entry.kind, node.provider, entry.key)
+                self.nodes[ino] = child
+            self._update_child(child, entry)
+            new[name] = child.ino
+        for name, ino in old.items():
+            if name not in new:
+                gone = self.nodes.get(ino)
+                if gone is not None:
+                    gone.detached = True
+                    self._maybe_drop(gone)
+        node.children = new
+        node.order = sorted(new)
+
+    def _update_child(self, child: Node, entry: RemoteEntry) -> None:
+        child.entry = entry
+        child.key = entry.key
+        child.mtime_ns = entry.mtime_ns
+        child.ctime_ns = entry.ctime_ns
+        if entry.kind is EntryKind.DIR:
+            child.size = 0
+        elif entry.size is not None:
+            child.size = entry.size
+        else:  # unknown until fetched whole; maybe learnt earlier (also before a restart)
+            assert child.provider is not None
+            child.size = self.cache.known_size(child.provider, self.ref(child))
+
+    def _maybe_drop(self, node: Node) -> None:
+        if node.detached and node.lookups <= 0 and node.ino != ROOT_INO:
+            self.nodes.pop(node.ino, None)
+
+    # -- operations used by fuse_ops ---------------------------------------------------------
+    async def lookup(self, parent_ino: int, name: str) -> Node:
+        parent = self.node(parent_ino)
+        if name == ".":
+            return parent
+        if name == "..":
+            return self.nodes[parent.parent]
+        await self.ensure_listing(parent)
+        assert parent.children is not None
+        ino = parent.children.get(name)
+        if ino is None:
+            raise errors.NotFound(f"{self.describe(parent)}/{name}")
+        return self.nodes[ino]
+
+    async def getattr(self, ino: int) -> Node:
+        node = self.node(ino)
+        if node.ino != ROOT_INO and not node.detached:
+            parent = self.nodes[node.parent]
+            if parent.provider is not None:
+                try:
+                    await self.ensure_listing(parent)
+                except errors.FsError as exc:
+                    log.debug("revalidating %s failed: %s", self.describe(node), exc)
+        return node
+
+    async def readdir(self, ino: int) -> list[tuple[str, Node]]:
+        node = self.node(ino)
+        await self.ensure_listing(node)
+        assert node.children is not None
+        return [(name, self.nodes[node.children[name]]) for name in node.order]
+
+    def remember(self, node: Node) -> None:
+        node.lookups += 1
+
+    def forget(self, items: Sequence[tuple[int, int]]) -> None:
+        for ino, n in items:
+            node = self.nodes.get(InodeNo(ino))
+            if node is None:
+                continue
+            node.lookups -= n
+            self._maybe_drop(node)
+
+    def ref(self, node: Node) -> ObjectRef:
+        assert node.provider is not None and node.entry is not None
+        e = node.entry
+        return ObjectRef(node.provider.name, e.key, e.version, e.size)
+
+    async def resolve_size(self, node: Node) -> None:
+        """For sources without a size: fetch whole (single-flight) so stat never shows 0."""
+        if node.is_dir or node.size is not None:
+            return
+        assert node.provider is not None
+        obj = self.cache.object(node.provider, self.ref(node))
+        try:
+            node.size = await self.cache.wait_whole(obj)
+        except ProviderError as exc:
+            raise to_fs_error(exc, f"downloading {self.describe(node)}") from exc

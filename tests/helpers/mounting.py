@@ -1,0 +1,141 @@
+"""Real mounts for tests: the daemon in a subprocess, always unmounted (pyfuse3's test/util.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fusefs.demo import demo_config
+
+
+def fuse_available() -> bool:
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        return False
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def unmount(proc: subprocess.Popen[bytes] | None, mnt: Path) -> int | None:
+    fusermount = shutil.which("fusermount3") or "fusermount"
+    for args in (["-u"], ["-u", "-z"]):
+        if os.path.ismount(mnt):
+            subprocess.run([fusermount, *args, str(mnt)], check=False, capture_output=True)
+            time.sleep(0.05)
+    rc = None
+    if proc is not None:
+        try:
+            rc = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+    if os.path.ismount(mnt):
+        subprocess.run([fusermount, "-u", "-z", str(mnt)], check=False)
+    assert not os.path.ismount(mnt), f"{mnt} is still mounted"
+    return rc
+
+
+@dataclass
+class Emulator:
+    url: str
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def stats(self) -> dict[str, int]:
+        """Per-route request counts."""
+        raw = self.admin("GET", "/_admin/stats")
+        counts = raw.get("requests", raw) if isinstance(raw, dict) else raw
+        return {k: int(v) for k, v in counts.items()}
+
+    def reset_stats(self) -> None:
+        self.admin("POST", "/_admin/stats/reset")
+
+    def set_faults(self, plan: dict[str, Any]) -> None:
+        self.admin("PUT", "/_admin/faults", plan)
+
+
+@dataclass
+class Mount:
+    path: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    config: Path
+    env: dict[str, str]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_for_mount(proc: subprocess.Popen[bytes], mnt: Path, log: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(mnt):
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"daemon exited with {proc.returncode}:\n{log.read_text(errors='replace')}"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no mount after {timeout}s:\n{log.read_text(errors='replace')}")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def mounted(
+    world_dir: Path,
+    emulator_url: str,
+    workdir: Path,
+    *,
+    cache_dir: Path | None = None,
+    mount_opts: dict[str, Any] | None = None,
+    cache_opts: dict[str, Any] | None = None,
+    name: str = "mnt",
+) -> Iterator[Mount]:
+    mnt = workdir / name
+    mnt.mkdir(parents=True, exist_ok=True)
+    config = workdir / f"{name}.toml"
+    env = {
+        **os.environ,
+        **demo_config(
+            world_dir,
+            emulator_url,
+            cache_dir or workdir / "cache",
+            config,
+            mount={"request_timeout": 30.0, "log_level": "debug", **(mount_opts or {})},
+            cache=cache_opts,
+        ),
+    }
+    log = workdir / f"{name}.log"
+    out = open(log, "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusefs", "mount", "--foreground", "--config", str(config), str(mnt)],
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=out,
+        env=env,
+    )
+    try:
+        wait_for_mount(proc, mnt, log)
+        yield Mount(mnt, proc, log, config, env)
+    finally:
+        rc = unmount(proc, mnt)
+        out.close()
+    assert rc == 0, f"daemon exited with {rc}:\n{log.read_text(errors='replace')[-4000:]}"
