@@ -68,11 +68,11 @@ def _cut(stem: str, budget: int) -> str:
     return stem[:end]
 
 
-def _cap(mapped: str, original: str) -> str:
+def _cap(mapped: str) -> str:
     if len(mapped.encode()) <= NAME_MAX:
         return mapped
     stem, ext = _split_ext(mapped)
-    digest = hashlib.sha256(original.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    digest = hashlib.sha256(mapped.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     tail = "~" + digest + ext
     return _cut(stem, NAME_MAX - len(tail.encode())) + tail
 
@@ -91,4 +91,4 @@ def map_names(entries: Sequence[tuple[str, str]]) -> list[str]:
         for i in members[1:]:
             stem, ext = _split_ext(escaped[i])
             result[i] = f"{stem}~{escape(entries[i][1])}{ext}"
-    return [_cap(m, entries[i][0]) for i, m in enumerate(result)]
+    return [_cap(m) for m in result]

@@ -21,11 +21,16 @@ class FileReader:
         self.max_window_blocks = max(1, max_window // cache.block_size)
         self.window = 0  # read-ahead, in blocks
         self.next_offset = 0
+        self.reads = 0
         self.random_reads = 0
 
     def _note_access(self, offset: int, end: int) -> None:
         expected = self.next_offset
-        sequential = expected - _BACK_SLACK <= offset <= expected + _FORWARD_SLACK
+        if self.reads == 0:  # a first read at a non-zero offset is taken as random (gcsfuse)
+            sequential = offset == 0
+        else:
+            sequential = expected - _BACK_SLACK <= offset <= expected + _FORWARD_SLACK
+        self.reads += 1
         if sequential:
             self.window = min(max(self.window * 2, 1), self.max_window_blocks)
         else:

@@ -1,0 +1,148 @@
+"""BlockCache against a fake provider: single-flight, integrity, cap, read-ahead growth."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from fusefs.cache.block_cache import BlockCache
+from fusefs.cache.reader import FileReader
+from fusefs.providers.base import Capabilities, ProtocolError
+from tests.helpers.fakes import FakeProvider, object_bytes
+
+BS = 64 * 1024
+
+
+@pytest.fixture
+async def cache(tmp_path: Path) -> AsyncIterator[BlockCache]:
+    c = BlockCache(tmp_path / "cache", block_size=BS, max_bytes=64 * BS, min_free_ratio=0,
+                   memory_budget=32 * BS, max_request=16 * BS)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(c.run)
+        yield c
+        nursery.cancel_scope.cancel()
+
+
+async def read_all(reader: FileReader, size: int, step: int = 32 * 1024) -> bytes:
+    out = bytearray()
+    for off in range(0, size, step):
+        out += await reader.read(off, step)
+    return bytes(out)
+
+
+async def test_sequential_read_uses_few_growing_requests(cache: BlockCache) -> None:
+    p = FakeProvider()
+    size = 100 * BS + 17
+    ref = p.add("big", size)
+    data = await read_all(FileReader(cache, cache.object(p, ref), max_window=16 * BS), size)
+    assert data == object_bytes("big", size)
+    lengths = [n for _, _, n in p.requests]
+    assert len(lengths) < 20, lengths
+    assert lengths[0] is not None and max(n or 0 for n in lengths) >= 8 * BS
+    # no byte downloaded twice
+    assert sum(n or 0 for n in lengths) == size
+
+
+async def test_random_read_fetches_one_block(cache: BlockCache) -> None:
+    p = FakeProvider()
+    ref = p.add("big", 200 * BS)
+    reader = FileReader(cache, cache.object(p, ref))
+    got = await reader.read(150 * BS + 100, 4096)
+    assert bytes(got) == object_bytes("big", 200 * BS)[150 * BS + 100 : 150 * BS + 4196]
+    assert p.requests == [("big", 150 * BS, BS)]
+
+
+async def test_concurrent_readers_share_one_download(cache: BlockCache) -> None:
+    p = FakeProvider(delay=0.05)
+    size = 40 * BS
+    ref = p.add("shared", size)
+    results: list[bytes] = []
+
+    async def one() -> None:
+        results.append(await read_all(FileReader(cache, cache.object(p, ref)), size))
+
+    async with trio.open_nursery() as n:
+        for _ in range(4):
+            n.start_soon(one)
+    assert all(r == object_bytes("shared", size) for r in results)
+    fetched = sum(n or 0 for _, _, n in p.requests)
+    assert fetched == size, p.requests
+
+
+async def test_corrupt_block_is_refetched_never_served(cache: BlockCache, tmp_path: Path) -> None:
+    p = FakeProvider()
+    ref = p.add("obj", 4 * BS)
+    obj = cache.object(p, ref)
+    await read_all(FileReader(cache, obj), 4 * BS)
+    path = cache.store.block_path(obj.oid, 2)
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    cache._mem.clear()  # force the next read to come from disk
+    cache._mem_bytes = 0
+    p.requests.clear()
+    got = await FileReader(cache, obj).read(2 * BS, BS)
+    assert bytes(got) == object_bytes("obj", 4 * BS)[2 * BS : 3 * BS]
+    assert p.requests == [("obj", 2 * BS, BS)]
+    assert cache.store.corrupt_blocks == 1
+
+
+async def test_cap_holds_and_pinned_objects_are_exempt(cache: BlockCache) -> None:
+    p = FakeProvider()
+    one = FakeProvider(name="oneshot", capabilities=Capabilities(
+        ranged_reads=False, size_known=False, one_shot=True))
+    pinned_ref = one.add("archive", 20 * BS)
+    pobj = cache.object(one, pinned_ref)
+    assert await cache.wait_whole(pobj) == 20 * BS
+    for i in range(10):
+        ref = p.add(f"f{i}", 30 * BS)
+        await read_all(FileReader(cache, cache.object(p, ref)), 30 * BS, step=BS)
+        assert cache.store.unpinned_bytes <= 64 * (BS + 64)
+    # the one-shot archive survived every eviction
+    for i in range(20):
+        assert cache.store.load(pobj.oid, i) is not None
+    assert cache.store.pinned_bytes >= 20 * BS
+
+
+async def test_whole_object_cut_midway_leaves_nothing(cache: BlockCache) -> None:
+    one = FakeProvider(name="oneshot", capabilities=Capabilities(
+        ranged_reads=False, size_known=False, one_shot=True), fail_after=3 * BS)
+    ref = one.add("archive", 10 * BS)
+    obj = cache.object(one, ref)
+    with pytest.raises(ProtocolError):
+        await cache.wait_whole(obj)
+    assert obj.size is None
+    assert not any(cache.store.has(obj.oid, i) for i in range(10))
+
+
+async def test_restart_serves_from_disk(tmp_path: Path) -> None:
+    p = FakeProvider()
+    ref = p.add("persist", 10 * BS + 5)
+    for round_ in range(2):
+        c = BlockCache(tmp_path / "c", block_size=BS, max_bytes=1 << 30, min_free_ratio=0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(c.run)
+            data = await read_all(FileReader(c, c.object(p, ref)), 10 * BS + 5)
+            assert data == object_bytes("persist", 10 * BS + 5)
+            nursery.cancel_scope.cancel()
+        if round_ == 0:
+            n_first = len(p.requests)
+    assert len(p.requests) == n_first  # the second daemon made no request
+    # leftover temp files are removed at start
+    some = next((tmp_path / "c").rglob("b*/0"))
+    (some.parent / "9.tmp").write_bytes(b"junk")
+    c = BlockCache(tmp_path / "c", block_size=BS, max_bytes=1 << 30, min_free_ratio=0)
+    await trio.to_thread.run_sync(c.store.scan)
+    assert not (some.parent / "9.tmp").exists()
+    # a different block size does not break anything
+    c2 = BlockCache(tmp_path / "c", block_size=BS * 2, max_bytes=1 << 30, min_free_ratio=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(c2.run)
+        data = await read_all(FileReader(c2, c2.object(p, ref)), 10 * BS + 5)
+        assert data == object_bytes("persist", 10 * BS + 5)
+        nursery.cancel_scope.cancel()
+    assert os.path.isdir(tmp_path / "c")

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import faulthandler
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.mounting import Emulator, fuse_available
+
+faulthandler.enable()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if fuse_available():
+        return
+    skip = pytest.mark.skip(reason="needs /dev/fuse and fusermount3")
+    for item in items:
+        if "fuse" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Backstop: lazily unmount any fusefs mount a failed test left behind."""
+    try:
+        with open("/proc/self/mounts") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        parts = line.split()
+        if len(parts) > 2 and parts[2] == "fuse.fusefs" and "/pytest-" in parts[1]:
+            subprocess.run(["fusermount3", "-u", "-z", parts[1]], check=False)
+
+
+@pytest.fixture(scope="session")
+def world_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fusefs.emulator.world import generate
+
+    out = tmp_path_factory.mktemp("world") / "tiny"
+    generate(out, 1, "tiny")
+    return out
+
+
+@pytest.fixture
+def emulator(world_tiny: Path, tmp_path: Path) -> Iterator[Emulator]:
+    from fusefs.demo import running_emulator
+
+    with running_emulator(world_tiny, tmp_path) as url:
+        yield Emulator(url)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    d = tmp_path / "work"
+    d.mkdir()
+    os.chmod(d, 0o700)
+    return d
