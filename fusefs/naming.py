@@ -68,12 +68,15 @@ def _cut(stem: str, budget: int) -> str:
     return stem[:end]
 
 
-def _cap(mapped: str) -> str:
-    if len(mapped.encode()) <= NAME_MAX:
-        return mapped
-    stem, ext = _split_ext(mapped)
-    digest = hashlib.sha256(mapped.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    tail = "~" + digest + ext
+def _finish(remote_name: str, escaped: str, dup_id: str | None) -> str:
+    """Steps 3 (suffix of a non-first duplicate) and 4 (length cap) for one name."""
+    stem, ext = _split_ext(escaped)
+    suffix = "" if dup_id is None else "~" + escape(dup_id)
+    name = stem + suffix + ext
+    if len(name.encode()) <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(remote_name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    tail = suffix + "~" + digest + ext
     return _cut(stem, NAME_MAX - len(tail.encode())) + tail
 
 
@@ -83,12 +86,9 @@ def map_names(entries: Sequence[tuple[str, str]]) -> list[str]:
     groups: dict[str, list[int]] = defaultdict(list)
     for i, e in enumerate(escaped):
         groups[e].append(i)
-    result = list(escaped)
+    dup_id: dict[int, str] = {}
     for members in groups.values():
-        if len(members) < 2:
-            continue
         members.sort(key=lambda i: entries[i][1])
         for i in members[1:]:
-            stem, ext = _split_ext(escaped[i])
-            result[i] = f"{stem}~{escape(entries[i][1])}{ext}"
-    return [_cap(m) for m in result]
+            dup_id[i] = entries[i][1]
+    return [_finish(name, escaped[i], dup_id.get(i)) for i, (name, _) in enumerate(entries)]
