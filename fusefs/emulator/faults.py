@@ -1,0 +1,173 @@
+"""The fault plan: knobs and injected failures of the emulator.
+
+A plan has global knobs (token lifetimes, presigned-URL lifetime, IoTDA download window, ...) and a
+list of :class:`Rule`. A rule is matched against the stable name of a route (``enos.download``,
+``koodrive.obs``, ...; ``fnmatch`` patterns such as ``*`` or ``koodrive.*`` work) and fires with
+probability ``rate`` (seeded RNG) at most ``count`` times (``None`` = unlimited). Kinds:
+
+``latency``   sleep ``seconds`` before answering
+``error``     answer HTTP ``status`` (default 503) with the family's error body
+``throttle``  answer 429 with ``Retry-After: retry_after``
+``reset``     send ``after_bytes`` bytes of the body, then abort the connection
+``truncate``  declare the full Content-Length, send only ``after_bytes`` bytes, then close
+
+The plan is a plain dataclass, loadable from JSON or TOML and changeable at run time through the
+admin routes (see docs/emulator.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import random
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RULE_KINDS = ("latency", "error", "throttle", "reset", "truncate")
+
+
+class FaultPlanError(ValueError):
+    """The plan (file or admin request) is malformed."""
+
+
+@dataclass(slots=True)
+class Rule:
+    route: str = "*"
+    kind: str = "error"
+    rate: float = 1.0
+    count: int | None = None
+    seconds: float = 0.0
+    status: int = 503
+    retry_after: int = 1
+    after_bytes: int = 0
+
+    def matches(self, route: str) -> bool:
+        return self.route == route or fnmatch.fnmatchcase(route, self.route)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Rule:
+        if not isinstance(obj, dict):
+            raise FaultPlanError(f"rule must be an object, got {obj!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(obj) - names
+        if unknown:
+            raise FaultPlanError(f"unknown rule field(s): {sorted(unknown)}")
+        rule = cls(**obj)
+        if rule.kind not in RULE_KINDS:
+            raise FaultPlanError(f"unknown rule kind {rule.kind!r}")
+        if not 0.0 <= float(rule.rate) <= 1.0:
+            raise FaultPlanError("rate must be within 0..1")
+        if rule.count is not None and rule.count < 0:
+            raise FaultPlanError("count must be >= 0")
+        return rule
+
+
+@dataclass(slots=True)
+class FaultPlan:
+    seed: int = 0
+    enos_token_lifetime: int = 7200
+    enos_timestamp_skew: float = 300.0
+    iam_token_lifetime: int = 86400
+    presign_expires: int = 3600
+    iotda_download_window: float = 30.0
+    iotda_task_delay: float = 1.0
+    roma_job_delay: float = 1.0
+    index_lag: float = 0.0
+    one_shot: bool = True
+    enos_range: bool = True
+    koodrive_page_limit: int | None = None
+    koodrive_empty_every: int = 0
+    rules: list[Rule] = field(default_factory=list)
+
+    # ---- (de)serialisation -------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> FaultPlan:
+        plan = cls()
+        plan.merge(obj)
+        return plan
+
+    def merge(self, obj: Any) -> None:
+        """Set the fields present in ``obj``; ``rules`` given here are appended."""
+        if not isinstance(obj, dict):
+            raise FaultPlanError("fault plan must be an object")
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = set(obj) - names
+        if unknown:
+            raise FaultPlanError(f"unknown fault plan field(s): {sorted(unknown)}")
+        for key, value in obj.items():
+            if key == "rules":
+                if not isinstance(value, list):
+                    raise FaultPlanError("rules must be a list")
+                self.rules.extend(Rule.from_json(r) for r in value)
+            else:
+                setattr(self, key, value)
+
+    @classmethod
+    def load(cls, path: Path) -> FaultPlan:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".toml":
+            return cls.from_json(tomllib.loads(text))
+        return cls.from_json(json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the fault layer decided for one request."""
+
+    latency: float = 0.0
+    status: int | None = None  # error status to answer instead of the handler (5xx or 429)
+    retry_after: int | None = None
+    reset_after: int | None = None
+    truncate_after: int | None = None
+
+
+class FaultEngine:
+    """Applies a :class:`FaultPlan` to requests (holds the RNG and consumes rule counts)."""
+
+    def __init__(self, plan: FaultPlan | None = None) -> None:
+        self.plan = plan if plan is not None else FaultPlan()
+        self.rng = random.Random(self.plan.seed)
+
+    def replace(self, plan: FaultPlan) -> None:
+        self.plan = plan
+        self.rng = random.Random(plan.seed)
+
+    def _fires(self, rule: Rule) -> bool:
+        if rule.count is not None and rule.count <= 0:
+            return False
+        if rule.rate < 1.0 and self.rng.random() >= rule.rate:
+            return False
+        if rule.count is not None:
+            rule.count -= 1
+        return True
+
+    def decide(self, route: str) -> Decision:
+        latency = 0.0
+        status: int | None = None
+        retry_after: int | None = None
+        reset_after: int | None = None
+        truncate_after: int | None = None
+        for rule in self.plan.rules:
+            if not rule.matches(route):
+                continue
+            if rule.kind == "latency":
+                if self._fires(rule):
+                    latency += rule.seconds
+            elif status is not None:
+                continue  # an error already chosen: later error-ish rules do not fire
+            elif rule.kind == "error" and self._fires(rule):
+                status = rule.status
+            elif rule.kind == "throttle" and self._fires(rule):
+                status, retry_after = 429, rule.retry_after
+            elif rule.kind == "reset" and reset_after is None and self._fires(rule):
+                reset_after = rule.after_bytes
+            elif rule.kind == "truncate" and truncate_after is None and self._fires(rule):
+                truncate_after = rule.after_bytes
+        return Decision(latency, status, retry_after, reset_after, truncate_after)

@@ -1,0 +1,281 @@
+"""HTTP plumbing shared by all families: route instrumentation (stats + faults), streaming bodies
+with Range support, and the per-family error bodies used for injected faults."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Message, Receive, Scope, Send
+
+from .state import RouteStats, World
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class ConnectionAborted(Exception):
+    """Raised inside the app to make the server drop the connection mid-body (fault ``reset``)."""
+
+
+class Json(JSONResponse):
+    """Compact UTF-8 JSON; lone surrogates (legal in JSON strings) are written as ``\\uXXXX``."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Json(obj, status_code=status, headers=headers)
+
+
+def xml_response(status: int, code: str, message: str, extra: str = "") -> Response:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message>{extra}"
+        "<RequestId>0000018B3C8F1A2B</RequestId><HostId>emu</HostId></Error>"
+    )
+    return Response(body, status_code=status, media_type="application/xml")
+
+
+# ---- streaming bodies ----------------------------------------------------------------------------
+
+
+class Stream(Response):
+    """A body streamed from a (sync) chunk iterator in the event loop, with an exact length.
+
+    Chunks come from page-cache reads or generated content (cheap), so no thread hop per chunk;
+    a disconnect of the client stops the iteration.
+    """
+
+    def __init__(
+        self,
+        chunks: Iterator[bytes],
+        length: int,
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        media_type: str = "application/octet-stream",
+    ) -> None:
+        self.chunks = chunks
+        self.status_code = status_code
+        self.media_type = media_type
+        self.background = None
+        hdrs = dict(headers or {})
+        hdrs["content-length"] = str(length)
+        hdrs.setdefault("content-type", media_type)
+        self.init_headers(hdrs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        if scope.get("method") == "HEAD":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    while True:
+                        msg = await receive()
+                        if msg["type"] == "http.disconnect":
+                            tg.cancel_scope.cancel()
+                            return
+
+                tg.start_soon(watch)
+                for chunk in self.chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # surface a lone error (e.g. an injected reset)
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+UNSATISFIABLE = (-1, -1)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """Parse a single ``Range: bytes=...`` header.
+
+    Returns ``(first, last)`` inclusive, :data:`UNSATISFIABLE` when well-formed but not
+    satisfiable, or ``None`` when absent, malformed or multi-range (= serve the whole object).
+    """
+    if header is None:
+        return None
+    m = _RANGE.match(header)
+    if m is None:
+        return None
+    a, b = m.group(1), m.group(2)
+    if a == "" and b == "":
+        return None
+    if a == "":
+        n = int(b)
+        if n == 0 or size == 0:
+            return UNSATISFIABLE
+        return (max(0, size - n), size - 1)
+    first = int(a)
+    last = int(b) if b != "" else size - 1
+    if b != "" and last < first:
+        return None  # syntactically invalid: ignored (RFC 9110)
+    if first >= size:
+        return UNSATISFIABLE
+    return (first, min(last, size - 1))
+
+
+# ---- instrumentation --------------------------------------------------------------------------
+
+_FAULT_TEXT = {
+    429: "API rate limit exceeded",
+    500: "An unexpected error occurred",
+    502: "Bad Gateway",
+    503: "Service unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def fault_response(route: str, status: int, retry_after: int | None) -> Response:
+    """The body an injected error/throttle gets, in the shape of the route's API family."""
+    text = _FAULT_TEXT.get(status, "An unexpected error occurred")
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    family = route.split(".", 1)[0]
+    resp: Response
+    if route == "koodrive.obs":
+        code = "SlowDown" if status == 429 else "ServiceUnavailable"
+        resp = xml_response(
+            status,
+            code,
+            "Please reduce your request rate."
+            if status == 429
+            else "Service is unable to handle request.",
+        )
+    elif family == "enos":
+        resp = json_response({"message": text}, status)
+    elif family == "iam":
+        resp = json_response({"error": {"code": status, "message": text, "title": text}}, status)
+    elif family == "koodrive":
+        resp = json_response({"code": status, "msg": text}, status)
+    elif family == "iotda":
+        if status == 429:
+            body = {
+                "error_code": "IOTDA.021101",
+                "error_msg": "Request reached the maximum rate limit.",
+            }
+        else:
+            body = {"error_code": "IOTDA.000500", "error_msg": "Internal server error."}
+        resp = json_response(body, status)
+    else:
+        code = "APIG.0308" if status == 429 else "ROMA.00000500"
+        resp = json_response(
+            {"error_code": code, "error_msg": text, "error_details": text, "request_id": "0" * 32},
+            status,
+        )
+    if headers:
+        resp.headers.update(headers)
+    return resp
+
+
+class Instrumented(Response):
+    """Wraps a response: counts status and body bytes, applies reset/truncate faults."""
+
+    def __init__(
+        self,
+        inner: Response,
+        stats: RouteStats,
+        reset_after: int | None,
+        truncate_after: int | None,
+    ) -> None:
+        self.inner = inner
+        self.status_code = inner.status_code
+        self.stats = stats
+        self.reset_after = reset_after
+        self.truncate_after = truncate_after
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stats = self.stats
+        limit = self.reset_after if self.reset_after is not None else self.truncate_after
+        sent = 0
+        done = False
+
+        async def wrapped(message: Message) -> None:
+            nonlocal sent, done
+            if message["type"] == "http.response.start":
+                key = str(message["status"])
+                stats.statuses[key] = stats.statuses.get(key, 0) + 1
+                await send(message)
+                return
+            if message["type"] != "http.response.body" or done:
+                return
+            body: bytes = message.get("body", b"")
+            if (
+                limit is not None
+                and sent + len(body) >= limit
+                and (message.get("more_body", False) or sent + len(body) > limit)
+            ):
+                part = body[: max(0, limit - sent)]
+                sent += len(part)
+                stats.bytes += len(part)
+                done = True
+                if part:
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+                if self.reset_after is not None:
+                    log.info("fault: resetting connection after %d bytes", sent)
+                    raise ConnectionAborted(f"injected reset after {sent} bytes")
+                log.info("fault: truncating body after %d bytes", sent)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            sent += len(body)
+            stats.bytes += len(body)
+            await send(message)
+
+        try:
+            await self.inner(scope, receive, wrapped)
+        except ConnectionAborted:
+            raise
+        except RuntimeError as exc:  # server refuses a short body: the connection is closed
+            if not done:
+                raise
+            log.debug("truncated response closed by the server: %s", exc)
+
+
+def endpoint(world: World, name: str | Callable[[Request], str], handler: Handler) -> Handler:
+    """Wrap a handler with stats and the fault plan, under a stable route name."""
+
+    async def run(request: Request) -> Response:
+        route = name if isinstance(name, str) else name(request)
+        stats = world.route_stats(route)
+        stats.requests += 1
+        decision = world.faults.decide(route)
+        if decision.latency > 0:
+            await anyio.sleep(decision.latency)
+        if decision.status is not None:
+            resp = fault_response(route, decision.status, decision.retry_after)
+        else:
+            resp = await handler(request)
+        return Instrumented(resp, stats, decision.reset_after, decision.truncate_after)
+
+    return run
+
+
+async def read_json(request: Request) -> Any:
+    """The JSON body, or ``None`` when empty; raises ``ValueError`` when malformed."""
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    return json.loads(raw)
