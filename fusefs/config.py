@@ -1,0 +1,579 @@
+"""The mount configuration: a TOML file (docs/configuration.md) → frozen dataclasses.
+
+Every mistake raises :class:`ConfigError` with one line that names the key and says what to fix.
+Secrets never appear in the file: they come from an environment variable (``<name>_env``) or a file
+(``<name>_file``, mode 0600 or stricter) and are held in :class:`Secret`, whose repr hides them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+PROVIDER_SECTIONS = ("enos", "koodrive", "iotda", "roma")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says what to fix."""
+
+
+class Secret:
+    """A secret string. ``repr``/``str`` never show it; ``reveal()`` does."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str = "") -> None:
+        self._value = value
+        self.source = source  # where it came from ("env FOO", "file /x"), safe to log
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(<hidden>{', from ' + self.source if self.source else ''})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+
+@dataclass(frozen=True, slots=True)
+class MountOptions:
+    request_timeout: float = 60.0
+    dir_ttl: float = 60.0
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    dir: Path = field(default_factory=lambda: Path("~/.cache/fusefs").expanduser())
+    block_size: int = 1 << 20
+    max_size: int = 10 << 30
+    min_free_ratio: float = 0.05
+    memory_budget: int = 256 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class EnosConfig:
+    apigw_url: str
+    integration_url: str
+    app_key: str
+    app_secret: Secret
+    orgs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KoodriveContainer:
+    id: str
+    group_id: str | None = None
+    team_type: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KoodriveConfig:
+    url: str
+    auth: Literal["token", "app"]
+    containers: tuple[KoodriveContainer, ...]
+    token: Secret | None = None
+    app_id: str | None = None
+    app_secret: Secret | None = None
+    user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IamConfig:
+    url: str
+    user: str
+    domain: str
+    project: str
+    password: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class IotdaConfig:
+    url: str
+    project_id: str | None = None
+    instance_id: str | None = None
+    resource_type: str = "BatchTask"
+    download_interval: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RomaInstance:
+    id: str
+    jobs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RomaConfig:
+    url: str
+    instances: tuple[RomaInstance, ...]
+    project_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MountConfig:
+    mount: MountOptions = field(default_factory=MountOptions)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    enos: EnosConfig | None = None
+    koodrive: KoodriveConfig | None = None
+    iam: IamConfig | None = None
+    iotda: IotdaConfig | None = None
+    roma: RomaConfig | None = None
+    path: Path | None = None  # the file it was loaded from
+
+
+# ---- parsing helpers ---------------------------------------------------------------------------
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "b": 1,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+}
+
+
+class _Section:
+    """One TOML table being read: tracks used keys, formats errors as ``[name] key: ...``."""
+
+    def __init__(self, name: str, data: object, env: Mapping[str, str], base: Path) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"[{name}] must be a table, got {_tname(data)}")
+        self.name = name
+        self.data: dict[str, Any] = data
+        self.env = env
+        self.base = base
+        self.used: set[str] = set()
+
+    def err(self, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"[{self.name}] {key}: {msg}")
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def raw(self, key: str) -> Any:
+        self.used.add(key)
+        return self.data.get(key)
+
+    def str_(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        if key not in self.data:
+            if required:
+                raise self.err(key, f'missing; add {key} = "..."')
+            return default
+        v = self.raw(key)
+        if not isinstance(v, str):
+            raise self.err(key, f"must be a string, got {_tname(v)}")
+        if not v.strip():
+            raise self.err(key, "must not be empty")
+        return v
+
+    def req_str(self, key: str) -> str:
+        v = self.str_(key, required=True)
+        assert v is not None
+        return v
+
+    def float_(self, key: str, default: float, *, positive: bool = True) -> float:
+        if key not in self.data:
+            return default
+        v = self.raw(key)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise self.err(key, f"must be a number, got {_tname(v)}")
+        if not math.isfinite(v) or (positive and v <= 0):
+            raise self.err(key, f"must be a number > 0, got {v!r}")
+        return float(v)
+
+    def size(self, key: str, default: int) -> int:
+        if key not in self.data:
+            return default
+        v = self.raw(key)
+        if isinstance(v, bool):
+            raise self.err(key, f'must be a size (bytes, or a string like "1MiB"), got {v!r}')
+        if isinstance(v, int):
+            n = v
+        elif isinstance(v, str):
+            m = _SIZE_RE.match(v)
+            if m is None:
+                raise self.err(
+                    key, f'cannot read size {v!r}; write bytes or e.g. "512KiB", "1MiB", "10GiB"'
+                )
+            n = int(float(m.group(1)) * _UNITS[(m.group(2) or "B").lower()])
+        else:
+            raise self.err(key, f'must be a size (bytes, or a string like "1MiB"), got {_tname(v)}')
+        if n <= 0:
+            raise self.err(key, f"must be > 0, got {v!r}")
+        return n
+
+    def url(self, key: str, default: str | None = None) -> str:
+        v = self.str_(key, default, required=default is None)
+        assert v is not None
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise self.err(key, f'{v!r} is not an http(s) URL; write e.g. "https://host"')
+        if parts.query or parts.fragment:
+            raise self.err(key, f"{v!r} must not have a query or fragment")
+        return v.rstrip("/")
+
+    def str_list(self, key: str, *, required: bool = True) -> tuple[str, ...]:
+        if key not in self.data:
+            if required:
+                raise self.err(key, f'missing; add {key} = ["..."]')
+            return ()
+        v = self.raw(key)
+        if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+            raise self.err(key, f"must be a list of non-empty strings, got {_tname(v)}")
+        if required and not v:
+            raise self.err(key, "must name at least one")
+        if len(set(v)) != len(v):
+            raise self.err(key, "has duplicates")
+        return tuple(v)
+
+    def plain_or_env(self, key: str) -> str:
+        """A non-secret value given inline (``key``) or from the environment (``key_env``)."""
+        if self.has(key) and self.has(f"{key}_env"):
+            raise self.err(key, f"give either {key} or {key}_env, not both")
+        if self.has(f"{key}_env"):
+            var = self.str_(f"{key}_env")
+            assert var is not None
+            val = self.env.get(var)
+            if not val:
+                raise self.err(key, f"environment variable {var} is not set; set {var} or {key}")
+            return val
+        if self.has(key):
+            return self.req_str(key)
+        raise self.err(key, f'missing; add {key} = "..." or {key}_env = "ENV_VAR"')
+
+    def secret(self, key: str) -> Secret:
+        """A secret from ``key_env`` (an env var name) or ``key_file`` (a path, mode 0600)."""
+        if self.has(key):
+            self.used.add(key)
+            raise self.err(
+                key,
+                f'secrets are not written into the config; use {key}_env = "ENV_VAR" '
+                f'or {key}_file = "PATH"',
+            )
+        env_key, file_key = f"{key}_env", f"{key}_file"
+        if self.has(env_key) and self.has(file_key):
+            raise self.err(key, f"give either {env_key} or {file_key}, not both")
+        if self.has(env_key):
+            var = self.str_(env_key)
+            assert var is not None
+            val = self.env.get(var)
+            if not val:
+                raise self.err(
+                    key, f"environment variable {var} is not set; set {var} or {file_key}"
+                )
+            return Secret(val, f"env {var}")
+        if self.has(file_key):
+            raw = self.str_(file_key)
+            assert raw is not None
+            path = Path(os.path.expanduser(raw))
+            if not path.is_absolute():
+                path = self.base / path
+            try:
+                st = path.stat()
+                text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise self.err(
+                    file_key, f"cannot read {path}: {exc.strerror or exc}; fix the path"
+                ) from None
+            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                log.warning(
+                    "secret file %s is accessible by group/others (mode %o); run chmod 600 %s",
+                    path,
+                    stat.S_IMODE(st.st_mode),
+                    path,
+                )
+            val = text.strip("\r\n")
+            if not val:
+                raise self.err(file_key, f"{path} is empty")
+            return Secret(val, f"file {path}")
+        raise self.err(key, f'missing; add {env_key} = "ENV_VAR" or {file_key} = "PATH"')
+
+
+def _tname(v: object) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "a list",
+        dict: "a table",
+    }.get(type(v), type(v).__name__)
+
+
+def _known(section: _Section, keys: set[str]) -> None:
+    """Reject keys outside ``keys`` (the message lists the known ones)."""
+    unknown = sorted(set(section.data) - keys)
+    if unknown:
+        raise ConfigError(
+            f"[{section.name}] unknown key {unknown[0]!r} (known keys: {', '.join(sorted(keys))})"
+        )
+
+
+# ---- sections ----------------------------------------------------------------------------------
+
+
+def _mount(s: _Section) -> MountOptions:
+    _known(s, {"request_timeout", "dir_ttl", "log_level"})
+    level = (s.str_("log_level", "info") or "info").lower()
+    if level not in LOG_LEVELS:
+        raise s.err("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return MountOptions(
+        request_timeout=s.float_("request_timeout", 60.0),
+        dir_ttl=s.float_("dir_ttl", 60.0),
+        log_level=level,
+    )
+
+
+def _cache(s: _Section) -> CacheConfig:
+    _known(s, {"dir", "block_size", "max_size", "min_free_ratio", "memory_budget"})
+    d = s.str_("dir", "~/.cache/fusefs") or "~/.cache/fusefs"
+    path = Path(os.path.expandvars(os.path.expanduser(d)))
+    if not path.is_absolute():
+        path = s.base / path
+    ratio = s.float_("min_free_ratio", 0.05, positive=False)
+    if not 0.0 <= ratio < 1.0:
+        raise s.err("min_free_ratio", f"must be within 0 <= ratio < 1, got {ratio!r}")
+    cfg = CacheConfig(
+        dir=path,
+        block_size=s.size("block_size", 1 << 20),
+        max_size=s.size("max_size", 10 << 30),
+        min_free_ratio=ratio,
+        memory_budget=s.size("memory_budget", 256 << 20),
+    )
+    if cfg.block_size > cfg.max_size:
+        raise s.err("block_size", "must not exceed max_size")
+    return cfg
+
+
+def _enos(s: _Section) -> EnosConfig:
+    _known(
+        s,
+        {"apigw_url", "integration_url", "app_key", "app_key_env", "app_secret_env",
+         "app_secret_file", "app_secret", "orgs"},
+    )  # fmt: skip
+    apigw = s.url("apigw_url")
+    return EnosConfig(
+        apigw_url=apigw,
+        integration_url=s.url("integration_url", apigw),
+        app_key=s.plain_or_env("app_key"),
+        app_secret=s.secret("app_secret"),
+        orgs=s.str_list("orgs"),
+    )
+
+
+def _koodrive(s: _Section) -> KoodriveConfig:
+    _known(
+        s,
+        {"url", "auth", "token_env", "token_file", "token", "app_id", "app_id_env",
+         "app_secret_env", "app_secret_file", "app_secret", "user_id", "user_id_env",
+         "containers"},
+    )  # fmt: skip
+    url = s.url("url")
+    auth = s.str_("auth", "token")
+    if auth not in ("token", "app"):
+        raise s.err("auth", f'must be "token" or "app", got {auth!r}')
+    raw = s.raw("containers")
+    if raw is None:
+        raise s.err("containers", 'missing; add containers = [{ id = "IAAD..." }]')
+    if not isinstance(raw, list) or not raw:
+        raise s.err(
+            "containers", 'must be a non-empty list like [{ id = "IAAD...", group_id = "1" }]'
+        )
+    containers = []
+    for i, c in enumerate(raw):
+        where = f"containers[{i}]"
+        if isinstance(c, str) and c:
+            containers.append(KoodriveContainer(id=c))
+            continue
+        if not isinstance(c, dict):
+            raise s.err(where, f"must be a table {{ id = ..., group_id = ... }}, got {_tname(c)}")
+        extra = sorted(set(c) - {"id", "group_id", "team_type"})
+        if extra:
+            raise s.err(where, f"unknown key {extra[0]!r} (known keys: group_id, id, team_type)")
+        cid = c.get("id")
+        if not isinstance(cid, str) or not cid:
+            raise s.err(where, 'needs id = "<containerId>"')
+        gid = c.get("group_id")
+        if gid is not None and (isinstance(gid, bool) or not isinstance(gid, str | int)):
+            raise s.err(where, f"group_id must be a string, got {_tname(gid)}")
+        tt = c.get("team_type")
+        if tt is not None and (isinstance(tt, bool) or not isinstance(tt, int)):
+            raise s.err(where, f"team_type must be an integer, got {_tname(tt)}")
+        containers.append(
+            KoodriveContainer(
+                id=cid, group_id=None if gid in (None, "") else str(gid), team_type=tt
+            )
+        )
+    if len({c.id for c in containers}) != len(containers):
+        raise s.err("containers", "names a container id twice")
+    if auth == "token":
+        for k in (
+            "app_id",
+            "app_id_env",
+            "user_id",
+            "user_id_env",
+            "app_secret_env",
+            "app_secret_file",
+        ):
+            if s.has(k):
+                raise s.err(k, 'only used with auth = "app"; remove it or set auth = "app"')
+        return KoodriveConfig(
+            url=url, auth="token", containers=tuple(containers), token=s.secret("token")
+        )
+    for k in ("token_env", "token_file"):
+        if s.has(k):
+            raise s.err(k, 'only used with auth = "token"; remove it or set auth = "token"')
+    return KoodriveConfig(
+        url=url,
+        auth="app",
+        containers=tuple(containers),
+        app_id=s.plain_or_env("app_id"),
+        app_secret=s.secret("app_secret"),
+        user_id=s.plain_or_env("user_id"),
+    )
+
+
+def _iam(s: _Section) -> IamConfig:
+    _known(s, {"url", "user", "domain", "project", "password_env", "password_file", "password"})
+    return IamConfig(
+        url=s.url("url", "https://iam.myhuaweicloud.com"),
+        user=s.req_str("user"),
+        domain=s.req_str("domain"),
+        project=s.req_str("project"),
+        password=s.secret("password"),
+    )
+
+
+def _iotda(s: _Section) -> IotdaConfig:
+    _known(s, {"url", "project_id", "instance_id", "resource_type", "download_interval"})
+    return IotdaConfig(
+        url=s.url("url"),
+        project_id=s.str_("project_id"),
+        instance_id=s.str_("instance_id"),
+        resource_type=s.str_("resource_type", "BatchTask") or "BatchTask",
+        download_interval=s.float_("download_interval", 30.0, positive=False),
+    )
+
+
+def _roma(s: _Section) -> RomaConfig:
+    _known(s, {"url", "project_id", "instances"})
+    raw = s.raw("instances")
+    if raw is None:
+        raise s.err("instances", 'missing; add instances = [{ id = "...", jobs = ["..."] }]')
+    if not isinstance(raw, list) or not raw:
+        raise s.err("instances", 'must be a non-empty list like [{ id = "...", jobs = ["..."] }]')
+    out = []
+    for i, inst in enumerate(raw):
+        where = f"instances[{i}]"
+        if not isinstance(inst, dict):
+            raise s.err(
+                where, f'must be a table {{ id = "...", jobs = [...] }}, got {_tname(inst)}'
+            )
+        extra = sorted(set(inst) - {"id", "jobs"})
+        if extra:
+            raise s.err(where, f"unknown key {extra[0]!r} (known keys: id, jobs)")
+        iid, jobs = inst.get("id"), inst.get("jobs", [])
+        if not isinstance(iid, str) or not iid:
+            raise s.err(where, 'needs id = "<instance id>"')
+        if not isinstance(jobs, list) or not all(isinstance(j, str) and j for j in jobs):
+            raise s.err(where, "jobs must be a list of job id strings")
+        out.append(RomaInstance(id=iid, jobs=tuple(dict.fromkeys(jobs))))
+    if len({i.id for i in out}) != len(out):
+        raise s.err("instances", "names an instance id twice")
+    return RomaConfig(url=s.url("url"), instances=tuple(out), project_id=s.str_("project_id"))
+
+
+_PARSERS = {
+    "mount": _mount,
+    "cache": _cache,
+    "enos": _enos,
+    "koodrive": _koodrive,
+    "iam": _iam,
+    "iotda": _iotda,
+    "roma": _roma,
+}
+
+
+def load_config(path: Path, env: Mapping[str, str] = os.environ) -> MountConfig:
+    """Read and validate the TOML file at ``path``; secrets are looked up in ``env``."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not UTF-8 text") from None
+    if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning(
+            "config %s is readable by group/others (mode %o); consider chmod 600 %s",
+            path,
+            stat.S_IMODE(st.st_mode),
+            path,
+        )
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_config(data, env, base=path.resolve().parent, path=path)
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    env: Mapping[str, str] = os.environ,
+    *,
+    base: Path | None = None,
+    path: Path | None = None,
+) -> MountConfig:
+    """Validate an already-parsed TOML document (see :func:`load_config`)."""
+    unknown = sorted(set(data) - set(_PARSERS))
+    if unknown:
+        raise ConfigError(f"unknown section [{unknown[0]}] (known sections: {', '.join(_PARSERS)})")
+    base = base or Path.cwd()
+    parsed: dict[str, Any] = {}
+    for name, parser in _PARSERS.items():
+        if name in data:
+            parsed[name] = parser(_Section(name, data[name], env, base))
+    if not any(name in parsed for name in PROVIDER_SECTIONS):
+        raise ConfigError(
+            "no provider configured: add at least one of [enos], [koodrive], [iotda], [roma]"
+        )
+    for name in ("iotda", "roma"):
+        if name in parsed and "iam" not in parsed:
+            raise ConfigError(
+                f"[{name}] needs IAM credentials: add an [iam] section (url, user, domain, "
+                "project, password_env)"
+            )
+    return MountConfig(
+        mount=parsed.get("mount", MountOptions()),
+        cache=parsed.get("cache", CacheConfig()),
+        enos=parsed.get("enos"),
+        koodrive=parsed.get("koodrive"),
+        iam=parsed.get("iam"),
+        iotda=parsed.get("iotda"),
+        roma=parsed.get("roma"),
+        path=path,
+    )

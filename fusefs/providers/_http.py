@@ -1,0 +1,377 @@
+"""The HTTP layer shared by every provider: error mapping, retries, resumable ranged streams.
+
+One place converts lower-layer failures into the :mod:`fusefs.providers.base` error tree (in the
+style of httpx's ``map_httpcore_exceptions``)::
+
+    httpx.ConnectError                    -> Unavailable        (connection refused, DNS)
+    httpx.TimeoutException                -> TransientError
+    other httpx.TransportError            -> TransientError     (reset, cut mid-body, ...)
+    HTTP 5xx / 408 / 429                  -> TransientError     (retry_after from Retry-After)
+    HTTP 404                              -> ObjectNotFound
+    HTTP 401 / 403                        -> AuthError          (unless the provider knows better)
+    any other non-2xx                     -> ProtocolError
+
+Providers classify their own error bodies first (``classify`` hooks) and fall back on
+:func:`error_for_status`. Nothing here has an overall timeout: the caller's trio cancel scope bounds
+every wait, including retries.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import httpx
+import trio
+
+from fusefs.providers.base import (
+    AuthError,
+    ObjectNotFound,
+    ProtocolError,
+    ProviderError,
+    TransientError,
+    Unavailable,
+    VersionMismatch,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CHUNK_SIZE = 1 << 20
+#: Headers for downloads: raw bytes, no content coding (Range and sizes refer to the stored bytes).
+DOWNLOAD_HEADERS = {"Accept-Encoding": "identity"}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter: ``base_delay * 2**n`` capped at ``max_delay``."""
+
+    attempts: int = 6
+    base_delay: float = 0.1
+    max_delay: float = 5.0
+    unavailable_attempts: int = 3  # connection refused: give up sooner
+
+    def delay(self, failures: int, retry_after: float | None = None) -> float:
+        backoff = min(self.max_delay, self.base_delay * (2.0 ** max(0, failures - 1)))
+        jittered = backoff * (0.5 + random.random() / 2)
+        if retry_after is not None:
+            return max(retry_after, jittered)
+        return jittered
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date); ``None`` if absent/invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+@contextmanager
+def map_http_errors(call: str) -> Iterator[None]:
+    """Convert httpx transport exceptions raised inside the block into ``ProviderError``."""
+    try:
+        yield
+    except httpx.ConnectError as exc:
+        raise Unavailable(f"cannot connect: {exc or type(exc).__name__}", call=call) from exc
+    except httpx.TimeoutException as exc:
+        raise TransientError(f"timed out ({type(exc).__name__})", call=call) from exc
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        raise ProtocolError(f"bad URL: {exc}", call=call) from exc
+    except httpx.TransportError as exc:
+        raise TransientError(f"{type(exc).__name__}: {exc}", call=call) from exc
+    except httpx.StreamError as exc:  # pragma: no cover - programming errors, kept visible
+        raise ProtocolError(f"{type(exc).__name__}: {exc}", call=call) from exc
+
+
+def error_for_status(
+    status: int, call: str, detail: str = "", headers: Mapping[str, str] | None = None
+) -> ProviderError:
+    """The default classification of a non-2xx status (see the module docstring)."""
+    msg = f"HTTP {status}" + (f": {detail}" if detail else "")
+    if status >= 500 or status in (408, 429):
+        retry_after = parse_retry_after((headers or {}).get("retry-after"))
+        return TransientError(msg, call=call, retry_after=retry_after)
+    if status == 404:
+        return ObjectNotFound(msg, call=call)
+    if status in (401, 403):
+        return AuthError(msg, call=call)
+    return ProtocolError(msg, call=call)
+
+
+def short_body(content: bytes, limit: int = 300) -> str:
+    """A loggable excerpt of an error body (never a request: bodies we send may hold secrets)."""
+    text = content[:limit].decode("utf-8", "replace")
+    return text + ("…" if len(content) > limit else "")
+
+
+def is_json(response: httpx.Response) -> bool:
+    return "json" in response.headers.get("content-type", "").lower()
+
+
+async def retry(
+    call: str,
+    fn: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy = DEFAULT_RETRY,
+) -> T:
+    """Run the idempotent ``fn`` again after a ``TransientError``, with backoff and jitter.
+
+    ``Unavailable`` gets fewer attempts. Other ``ProviderError``s propagate at once. There is no
+    overall deadline: the caller's cancel scope bounds the loop.
+    """
+    failures = 0
+    while True:
+        try:
+            return await fn()
+        except TransientError as exc:
+            failures += 1
+            limit = policy.unavailable_attempts if isinstance(exc, Unavailable) else policy.attempts
+            if failures >= limit:
+                raise
+            delay = policy.delay(failures, exc.retry_after)
+            log.warning(
+                "%s failed (%s); retry %d/%d in %.2fs", call, exc, failures, limit - 1, delay
+            )
+            await trio.sleep(delay)
+
+
+# ------------------------------------------------------------------------------------------------
+# Resumable ranged streams (EnOS downloads, KooDrive presigned URLs)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where to GET the object now: a URL and the headers (credentials) for it."""
+
+    url: str
+    headers: Mapping[str, str]
+    params: Mapping[str, str] | None = None
+
+
+#: ``get_target(stale)``: ``stale=True`` means the previous target was rejected (401/403: expired
+#: token or presigned link) and a fresh one is needed.
+GetTarget = Callable[[bool], Awaitable[Target]]
+#: ``classify(response)`` (body already read): a ProviderError for a non-success response, or
+#: ``None`` to use :func:`error_for_status`.
+Classify = Callable[[httpx.Response, str], ProviderError | None]
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+class _Stale(Exception):
+    """The target's credentials were rejected; get a fresh target."""
+
+
+def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """``bytes a-b/total`` → (a, b, total or None)."""
+    if not value:
+        return None
+    try:
+        unit, _, rest = value.strip().partition(" ")
+        span, _, total = rest.partition("/")
+        first, _, last = span.partition("-")
+        if unit.lower() != "bytes":
+            return None
+        return int(first), int(last), (None if total.strip() in ("", "*") else int(total))
+    except ValueError:
+        return None
+
+
+async def stream_range(
+    client: httpx.AsyncClient,
+    call: str,
+    get_target: GetTarget,
+    offset: int,
+    length: int | None,
+    *,
+    expected_size: int | None = None,
+    classify: Classify | None = None,
+    is_stale: Callable[[httpx.Response], bool] | None = None,
+    json_error: Callable[[bytes], ProviderError | None] | None = None,
+    policy: RetryPolicy = DEFAULT_RETRY,
+    chunk_size: int = CHUNK_SIZE,
+) -> AsyncIterator[bytes]:
+    """Yield bytes ``[offset, offset+length)`` contiguously, resuming after cuts and expiries.
+
+    Each attempt sends ``Range: bytes=<reached>-<end>``. A 206 is used as is; a 200 (the server
+    ignored the Range) is skipped forward to the byte reached. A cut, timeout, 5xx or 429 resumes
+    from the byte reached (``policy.attempts`` consecutive failures without progress at most); a
+    rejected target (``is_stale``, default 401/403) asks ``get_target(True)`` for a fresh one (twice
+    in a row at most). ``expected_size`` (the listed size) is checked against the size the server
+    reports: a difference raises ``VersionMismatch``.
+    """
+    if offset < 0 or (length is not None and length < 0):
+        raise ValueError(f"bad range offset={offset} length={length}")
+    end = None if length is None else offset + length  # exclusive
+    if expected_size is not None:
+        end = expected_size if end is None else min(end, expected_size)
+    pos = offset
+    failures = 0
+    stale_in_a_row = 0
+    stale = False
+    stale_check = is_stale or (lambda r: r.status_code in (401, 403))
+    while end is None or pos < end:
+        target = await get_target(stale)
+        stale = False
+        headers = dict(target.headers)
+        headers.update(DOWNLOAD_HEADERS)
+        headers["Range"] = f"bytes={pos}-" if end is None else f"bytes={pos}-{end - 1}"
+        progressed = False
+        try:
+            with map_http_errors(call):
+                async with client.stream(
+                    "GET", target.url, params=target.params, headers=headers
+                ) as resp:
+                    log.debug("%s: GET %s -> %d", call, headers["Range"], resp.status_code)
+                    if resp.status_code == 206:
+                        cr = _content_range(resp.headers.get("content-range"))
+                        if cr is None or cr[0] != pos:
+                            raise ProtocolError(
+                                f"206 with Content-Range {resp.headers.get('content-range')!r} "
+                                f"for a request from byte {pos}",
+                                call=call,
+                            )
+                        total = cr[2]
+                        skip = 0
+                    elif resp.status_code == 200:
+                        cl = resp.headers.get("content-length")
+                        total = int(cl) if cl and cl.isdigit() else None
+                        skip = pos
+                        if pos:
+                            log.debug("%s: server ignored Range; skipping %d bytes", call, pos)
+                    elif resp.status_code == 416 and end is None and pos > 0:
+                        # asked from the very end of an object of unknown size: nothing left
+                        return
+                    else:
+                        await resp.aread()
+                        if stale_check(resp):
+                            raise _Stale(f"HTTP {resp.status_code}")
+                        err = classify(resp, call) if classify else None
+                        raise err or error_for_status(
+                            resp.status_code, call, short_body(resp.content), resp.headers
+                        )
+                    if expected_size is not None and total is not None and total != expected_size:
+                        raise VersionMismatch(
+                            f"object is now {total} bytes, was listed with {expected_size}",
+                            call=call,
+                        )
+                    body: AsyncIterator[bytes] = resp.aiter_bytes(chunk_size)
+                    if json_error is not None and is_json(resp):
+                        # an API error envelope served with 200 (EnOS): read it and look
+                        await resp.aread()
+                        err = json_error(resp.content)
+                        if err is not None:
+                            raise err
+                        body = _one(resp.content)
+                    async for chunk in body:
+                        if skip:
+                            if len(chunk) <= skip:
+                                skip -= len(chunk)
+                                continue
+                            chunk = chunk[skip:]
+                            skip = 0
+                        if end is not None and pos + len(chunk) > end:
+                            chunk = chunk[: end - pos]
+                        if not chunk:
+                            continue
+                        pos += len(chunk)
+                        progressed = True
+                        failures = 0
+                        stale_in_a_row = 0
+                        yield chunk
+                        if end is not None and pos >= end:
+                            return
+                    if end is None:
+                        if total is not None and pos < total:
+                            raise TransientError(f"body ended at byte {pos} of {total}", call=call)
+                        return
+                    if skip or pos < end:
+                        if total is not None and total <= pos:
+                            raise ProtocolError(
+                                f"object ends at byte {total}, before the requested end {end}",
+                                call=call,
+                            )
+                        raise TransientError(f"body ended at byte {pos}, wanted {end}", call=call)
+        except _Stale as exc:
+            stale_in_a_row += 1
+            if stale_in_a_row > 2:
+                raise AuthError(
+                    f"download rejected ({exc}) even with a fresh link", call=call
+                ) from None
+            log.warning("%s: link/credentials rejected (%s) at byte %d; refreshing", call, exc, pos)
+            stale = True
+        except TransientError as exc:
+            if not progressed:
+                failures += 1
+            limit = policy.unavailable_attempts if isinstance(exc, Unavailable) else policy.attempts
+            if failures >= limit:
+                raise
+            delay = policy.delay(max(failures, 1), exc.retry_after)
+            log.warning(
+                "%s failed at byte %d (%s); resuming (%d/%d) in %.2fs",
+                call,
+                pos,
+                exc,
+                failures,
+                limit - 1,
+                delay,
+            )
+            await trio.sleep(delay)
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            yield from _leaves(sub)
+    else:
+        yield exc
+
+
+async def gather_limited(fns: list[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
+    """Run ``fns`` concurrently, ``limit`` at a time; results in order.
+
+    If a call fails the others are cancelled and the first ``ProviderError`` is raised bare (not
+    wrapped in an ExceptionGroup), so callers see the provider error tree.
+    """
+    results: list[T | None] = [None] * len(fns)
+    limiter = trio.CapacityLimiter(max(1, limit))
+
+    async def run(i: int, fn: Callable[[], Awaitable[T]]) -> None:
+        async with limiter:
+            results[i] = await fn()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for i, fn in enumerate(fns):
+                nursery.start_soon(run, i, fn)
+    except BaseExceptionGroup as group:
+        for leaf in _leaves(group):
+            if isinstance(leaf, ProviderError):
+                raise leaf from group
+        for leaf in _leaves(group):
+            if not isinstance(leaf, trio.Cancelled):
+                raise leaf from group
+        raise
+    return results  # type: ignore[return-value]

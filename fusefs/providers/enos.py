@@ -1,0 +1,775 @@
+"""EnOS (Envision) provider: asset files and OTA firmware, read with ranged GETs.
+
+Tree (keys are opaque to the caller)::
+
+    ""                      one DIR per configured orgId (key org/<org>)
+    org/<org>               one DIR per asset, Search Asset Node (key asset/<org>/<asset>)
+    asset/<org>/<asset>     DIRs files (files/<org>/<asset>), firmware (firmware/<org>/<asset>)
+    files/<org>/<asset>     FILE per FILE-typed attribute / measure point whose value is an
+                            enos-connect:// URI, via getFileInfo (key file/<org>/<asset>/<uri>)
+    firmware/<org>/<asset>  FILE per firmware of the device's product (key fw/<org>/<asset>/<id>)
+
+See docs/providers/enos.md for the API calls and what is inferred.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import posixpath
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import trio
+
+from fusefs.providers._http import (
+    DEFAULT_RETRY,
+    RetryPolicy,
+    Target,
+    error_for_status,
+    gather_limited,
+    is_json,
+    map_http_errors,
+    retry,
+    short_body,
+    stream_range,
+)
+from fusefs.providers.base import (
+    AuthError,
+    Capabilities,
+    EntryKind,
+    ObjectNotFound,
+    ObjectRef,
+    ProtocolError,
+    ProviderError,
+    RemoteEntry,
+    TransientError,
+    VersionMismatch,
+)
+
+log = logging.getLogger(__name__)
+
+TOKEN_PATH = "/apim-token-service/v2.0/token"
+FILE_SCHEME = "enos-connect://"
+NOT_FOUND_CODES = frozenset({99404, 24404, 11404, 11611, 17404})
+TRANSIENT_CODES = frozenset({99500, 24500, 80500, 1005})
+AUTH_CODES = frozenset({99403, 80401})
+TOKEN_EXPIRED_CODES = frozenset({401, 1203})
+REFRESH_MARGIN = 600.0  # refresh the token 10 min before it expires
+
+
+def _ms_to_ns(value: object) -> int:
+    if isinstance(value, int | str) and not isinstance(value, bool):
+        try:
+            return int(value) * 1_000_000
+        except ValueError:
+            return 0
+    return 0
+
+
+def _i18n(value: object) -> str:
+    if isinstance(value, dict):
+        dv = value.get("defaultValue")
+        return dv if isinstance(dv, str) else ""
+    return value if isinstance(value, str) else ""
+
+
+def _ext(file_url: str) -> str:
+    """``enos-connect://233f7744ad002000.zip`` → ``.zip`` (``""`` without an extension)."""
+    tail = file_url.split("://", 1)[-1].split("?", 1)[0]
+    ext = posixpath.splitext(posixpath.basename(tail))[1]
+    return ext if 1 < len(ext) <= 17 else ""
+
+
+def envelope_error(env: object, call: str, status: int = 200) -> ProviderError | None:
+    """Classify a v2.x envelope ``{"code", "msg", ...}``; ``None`` when ``code == 0``."""
+    if not isinstance(env, dict) or "code" not in env:
+        return None
+    try:
+        code = int(env["code"])
+    except (TypeError, ValueError):
+        return ProtocolError(f"envelope code {env['code']!r} is not a number", call=call)
+    if code == 0:
+        return None
+    msg = f"code {code}: {env.get('msg', '')}".rstrip(": ")
+    if code in NOT_FOUND_CODES:
+        return ObjectNotFound(msg, call=call)
+    if code in AUTH_CODES or code in TOKEN_EXPIRED_CODES:
+        return AuthError(msg, call=call)
+    if code in TRANSIENT_CODES or status >= 500:
+        return TransientError(msg, call=call)
+    return ProtocolError(msg, call=call)
+
+
+class EnosAuth:
+    """The ``apim-accesstoken``: fetched, cached, refreshed 10 min early; one refresh at a time."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        apigw_url: str,
+        app_key: str,
+        app_secret: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        retry_policy: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
+        self._client = client
+        self._url = apigw_url.rstrip("/") + TOKEN_PATH
+        self._app_key = app_key
+        self._secret = app_secret
+        self._clock = clock
+        self._retry = retry_policy
+        self._lock = trio.Lock()
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self._expire_at = 0.0
+        self._last_ts = 0
+        self.token_requests = 0
+
+    def __repr__(self) -> str:
+        return f"EnosAuth(app_key={self._app_key!r})"
+
+    async def token(self) -> str:
+        tok = self._token
+        if tok is not None and self._clock() < self._refresh_at:
+            return tok
+        async with self._lock:
+            tok = self._token
+            now = self._clock()
+            if tok is not None and now < self._refresh_at:
+                return tok
+            if tok is not None and now < self._expire_at - 5:
+                try:
+                    return await retry(
+                        "enos.token.refresh",
+                        lambda: self._fetch("refresh", tok),
+                        policy=self._retry,
+                    )
+                except (AuthError, ProtocolError) as exc:
+                    log.warning("enos.token.refresh failed (%s); getting a new token", exc)
+            return await retry(
+                "enos.token.get", lambda: self._fetch("get", None), policy=self._retry
+            )
+
+    async def invalidate(self, bad: str) -> None:
+        """The gateway rejected ``bad``: the next ``token()`` does a fresh get (once for many)."""
+        async with self._lock:
+            if self._token == bad:
+                self._token = None
+
+    def sign(self, token: str, params: Mapping[str, str], body: bytes) -> dict[str, str]:
+        """``apim-*`` headers: sha256(token + sorted params + body + timestamp + secret)."""
+        ts = str(int(self._clock() * 1000))
+        params_data = "".join(f"{k}{params[k]}" for k in sorted(params))
+        sign_data = token + params_data + body.decode("utf-8") + ts + self._secret
+        return {
+            "apim-accesstoken": token,
+            "apim-timestamp": ts,
+            "apim-signature": hashlib.sha256(sign_data.encode("utf-8")).hexdigest(),
+        }
+
+    async def _fetch(self, action: str, old: str | None) -> str:
+        call = f"enos.token.{action}"
+        ts = max(int(self._clock() * 1000), self._last_ts + 1)  # a reused timestamp is a replay
+        self._last_ts = ts
+        enc = hashlib.sha256(f"{self._app_key}{ts}{self._secret}".encode()).hexdigest()
+        body: dict[str, object] = {"appKey": self._app_key, "encryption": enc, "timestamp": ts}
+        if old is not None:
+            body["accessToken"] = old
+        self.token_requests += 1
+        log.debug("%s: POST %s/%s", call, self._url, action)
+        with map_http_errors(call):
+            resp = await self._client.post(f"{self._url}/{action}", json=body)
+        if resp.status_code != 200:
+            err = error_for_status(resp.status_code, call, short_body(resp.content), resp.headers)
+            raise err
+        try:
+            env = resp.json()
+        except ValueError as exc:
+            raise ProtocolError("token answer is not JSON", call=call) from exc
+        status = env.get("status", env.get("stauts")) if isinstance(env, dict) else None
+        if status != 0:
+            msg = f"status {status}: {env.get('msg', '') if isinstance(env, dict) else ''}"
+            if status in (1001, 1005):
+                raise TransientError(msg, call=call)
+            if status in (1002, 1003, 1203, 1204):
+                raise AuthError(msg, call=call)
+            raise ProtocolError(msg, call=call)
+        data = env.get("data") or {}
+        token = data.get("accessToken") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("token answer without data.accessToken", call=call)
+        try:
+            expire = float(data.get("expire", 7200))
+        except (TypeError, ValueError):
+            expire = 7200.0
+        now = self._clock()
+        self._token = token
+        self._expire_at = now + expire
+        self._refresh_at = now + max(expire - REFRESH_MARGIN, expire / 2)
+        log.debug("%s: token valid %.0fs, refresh in %.0fs", call, expire, self._refresh_at - now)
+        return token
+
+
+@dataclass(slots=True)
+class _OrgInfo:
+    fetched_at: float
+    assets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    product_keys: dict[str, str] = field(default_factory=dict)  # assetId -> productKey (devices)
+
+
+class EnosProvider:
+    """``/enos``: org → asset → ``files`` / ``firmware``."""
+
+    name = "enos"
+    capabilities = Capabilities(ranged_reads=True, size_known=True, max_concurrency=4)
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        apigw_url: str,
+        app_key: str,
+        app_secret: str,
+        orgs: list[str] | tuple[str, ...],
+        integration_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+        retry_policy: RetryPolicy = DEFAULT_RETRY,
+        metadata_ttl: float = 30.0,
+        file_info_concurrency: int = 8,
+        page_size: int = 100,
+    ) -> None:
+        self._client = client
+        self._apigw = apigw_url.rstrip("/")
+        self._integ = (integration_url or apigw_url).rstrip("/")
+        self._orgs = list(orgs)
+        self._clock = clock
+        self._retry = retry_policy
+        self._meta_ttl = metadata_ttl
+        self._fi_limit = file_info_concurrency
+        self._page_size = page_size
+        self.auth = EnosAuth(
+            client, apigw_url, app_key, app_secret, clock=clock, retry_policy=retry_policy
+        )
+        self._org_info: dict[str, _OrgInfo] = {}
+        self._models: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"EnosProvider(apigw={self._apigw!r}, orgs={self._orgs!r})"
+
+    async def aclose(self) -> None:
+        pass
+
+    # ---- the API call --------------------------------------------------------------------------
+
+    async def _api(
+        self,
+        call: str,
+        method: str,
+        url: str,
+        params: dict[str, str],
+        body: object = None,
+    ) -> dict[str, Any]:
+        """One envelope call: token, signature, one fresh token after a 401, retries."""
+        content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+
+        async def once() -> dict[str, Any]:
+            for attempt in (1, 2):
+                token = await self.auth.token()
+                headers = self.auth.sign(token, params, content)
+                if body is not None:
+                    headers["Content-Type"] = "application/json;charset=UTF-8"
+                log.debug("%s: %s %s %s", call, method, url, params.get("action", ""))
+                with map_http_errors(call):
+                    resp = await self._client.request(
+                        method, url, params=params, content=content or None, headers=headers
+                    )
+                env: Any = None
+                if is_json(resp) or resp.content[:1] == b"{":
+                    try:
+                        env = resp.json()
+                    except ValueError:
+                        env = None
+                expired = resp.status_code == 401 or (
+                    isinstance(env, dict) and env.get("code") in TOKEN_EXPIRED_CODES
+                )
+                if expired:
+                    if attempt == 1:
+                        log.warning("%s: token rejected; getting a new one and retrying", call)
+                        await self.auth.invalidate(token)
+                        continue
+                    raise AuthError("token rejected even after a fresh one", call=call)
+                err = envelope_error(env, call, resp.status_code)
+                if err is not None:
+                    raise err
+                if resp.status_code != 200:
+                    raise error_for_status(
+                        resp.status_code, call, short_body(resp.content), resp.headers
+                    )
+                if not isinstance(env, dict):
+                    raise ProtocolError("answer is not a JSON envelope", call=call)
+                return env
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return await retry(call, once, policy=self._retry)
+
+    async def _paged(
+        self, call: str, url: str, org: str, action: str, body: dict[str, object], page_size: int
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            env = await self._api(
+                call,
+                "POST",
+                url,
+                {"action": action, "orgId": org},
+                {**body, "pagination": {"pageNo": page, "pageSize": page_size}},
+            )
+            data = env.get("data") or []
+            if not isinstance(data, list):
+                raise ProtocolError(f"data is {type(data).__name__}, not a list", call=call)
+            out.extend(d for d in data if isinstance(d, dict))
+            pag = env.get("pagination") or {}
+            total = pag.get("totalSize", pag.get("totalSzie")) if isinstance(pag, dict) else None
+            if not data:
+                break
+            if isinstance(total, int):
+                if page * page_size >= total:
+                    break
+            elif len(data) < page_size:
+                break
+            page += 1
+        return out
+
+    # ---- listings ------------------------------------------------------------------------------
+
+    async def list_dir(self, key: str) -> list[RemoteEntry]:
+        if key == "":
+            return [self._dir(org, org, f"org/{org}") for org in self._orgs]
+        kind, _, rest = key.partition("/")
+        if kind == "org" and rest in self._orgs:
+            return await self._list_org(rest)
+        parts = rest.split("/", 1)
+        if len(parts) == 2 and parts[0] in self._orgs:
+            org, asset = parts
+            if kind == "asset":
+                return [
+                    self._dir("files", f"{asset}/files", f"files/{org}/{asset}"),
+                    self._dir("firmware", f"{asset}/firmware", f"firmware/{org}/{asset}"),
+                ]
+            if kind == "files":
+                return await self._list_files(org, asset)
+            if kind == "firmware":
+                return await self._list_firmware(org, asset)
+        raise ObjectNotFound(f"no such directory key {key!r}", call="enos.list")
+
+    @staticmethod
+    def _dir(name: str, remote_id: str, key: str, mtime_ns: int = 0) -> RemoteEntry:
+        return RemoteEntry(
+            name=name,
+            remote_id=remote_id,
+            kind=EntryKind.DIR,
+            key=key,
+            size=0,
+            mtime_ns=mtime_ns,
+            ctime_ns=mtime_ns,
+            version="",
+        )
+
+    async def _load_org(self, org: str) -> _OrgInfo:
+        assets_call = "enos.searchAsset"
+        devices_call = "enos.searchDevice"
+        assets, devices = await gather_limited(
+            [
+                lambda: self._paged(
+                    assets_call,
+                    f"{self._apigw}/asset-tree-service/v2.1/asset-nodes",
+                    org,
+                    "searchAsset",
+                    {},
+                    self._page_size,
+                ),
+                lambda: self._paged(
+                    devices_call,
+                    f"{self._apigw}/connect-service/v2.1/devices",
+                    org,
+                    "search",
+                    {},
+                    min(self._page_size, 200),
+                ),
+            ],
+            2,
+        )
+        info = _OrgInfo(fetched_at=self._clock())
+        for a in assets:
+            if isinstance(a.get("assetId"), str):
+                info.assets[a["assetId"]] = a
+        for d in devices:
+            aid, pk = d.get("assetId"), d.get("productKey")
+            if isinstance(aid, str):
+                if isinstance(pk, str) and pk:
+                    info.product_keys[aid] = pk
+                info.assets.setdefault(aid, d)
+        self._org_info[org] = info
+        return info
+
+    async def _list_org(self, org: str) -> list[RemoteEntry]:
+        info = await self._load_org(org)
+        out = []
+        for aid, a in sorted(info.assets.items()):
+            extra = {"enos_asset_name": _i18n(a.get("name") or a.get("deviceName"))}
+            if isinstance(a.get("modelId"), str):
+                extra["enos_model_id"] = a["modelId"]
+            if aid in info.product_keys:
+                extra["enos_product_key"] = info.product_keys[aid]
+            ts = _ms_to_ns(a.get("createTime"))
+            out.append(
+                RemoteEntry(
+                    name=aid,
+                    remote_id=aid,
+                    kind=EntryKind.DIR,
+                    key=f"asset/{org}/{aid}",
+                    size=0,
+                    mtime_ns=ts,
+                    ctime_ns=ts,
+                    version="",
+                    extra=extra,
+                )
+            )
+        return out
+
+    def _fresh_org(self, org: str) -> _OrgInfo | None:
+        info = self._org_info.get(org)
+        if info is not None and self._clock() - info.fetched_at < self._meta_ttl:
+            return info
+        return None
+
+    async def _asset(self, org: str, asset: str) -> dict[str, Any]:
+        info = self._fresh_org(org)
+        if info is not None and asset in info.assets and "attributes" in info.assets[asset]:
+            return info.assets[asset]
+        env = await self._api(
+            "enos.getAsset",
+            "GET",
+            f"{self._apigw}/asset-service/v2.1/assets",
+            {"action": "get", "orgId": org, "assetId": asset},
+        )
+        data = env.get("data")
+        if not isinstance(data, dict):
+            raise ObjectNotFound(f"asset {asset} not found", call="enos.getAsset")
+        return data
+
+    async def _model(self, org: str, model_id: str) -> dict[str, Any]:
+        cached = self._models.get((org, model_id))
+        if cached is not None:
+            return cached
+        env = await self._api(
+            "enos.getThingModel",
+            "GET",
+            f"{self._apigw}/model-service/v2.1/thing-models",
+            {"action": "get", "orgId": org, "modelId": model_id},
+        )
+        data = env.get("data")
+        model = data if isinstance(data, dict) else {}
+        self._models[(org, model_id)] = model
+        return model
+
+    @staticmethod
+    def _file_features(model: dict[str, Any], section: str) -> list[str]:
+        feats = model.get(section) or {}
+        if not isinstance(feats, dict):
+            return []
+        return sorted(
+            fid
+            for fid, f in feats.items()
+            if isinstance(f, dict) and str(f.get("dataType", "")).upper() == "FILE"
+        )
+
+    async def _latest_points(self, org: str, asset: str, points: list[str]) -> dict[str, object]:
+        env = await self._api(
+            "enos.queryLatest",
+            "POST",
+            f"{self._apigw}/connect-service/v2.1/measurepoints",
+            {"action": "queryLatest", "orgId": org, "assetId": asset},
+            {"measurepointIds": points},
+        )
+        data = env.get("data")
+        items: list[Any] = []
+        if isinstance(data, list):
+            items = data
+        elif isinstance(data, dict):
+            inner = data.get("items") or data.get("measurepoints")
+            items = inner if isinstance(inner, list) else []
+            if not items and all(isinstance(k, str) for k in data):
+                return dict(data)
+        out: dict[str, object] = {}
+        for item in items:
+            if isinstance(item, dict):
+                pid = item.get("id", item.get("measurepointId", item.get("pointId")))
+                if isinstance(pid, str):
+                    out[pid] = item.get("value")
+        return out
+
+    async def _file_info(self, org: str, asset: str, uri: str) -> dict[str, Any] | None:
+        try:
+            env = await self._api(
+                "enos.getFileInfo",
+                "GET",
+                f"{self._integ}/connect-service/v2.1/files",
+                {
+                    "action": "getFileInfo",
+                    "orgId": org,
+                    "fileUri": uri,
+                    "category": "feature",
+                    "assetId": asset,
+                },
+            )
+        except ObjectNotFound:
+            log.debug("enos.getFileInfo: %s of asset %s is gone; skipped", uri, asset)
+            return None
+        data = env.get("data")
+        if not isinstance(data, dict):
+            raise ProtocolError("getFileInfo without data", call="enos.getFileInfo")
+        return data
+
+    async def _list_files(self, org: str, asset: str) -> list[RemoteEntry]:
+        a = await self._asset(org, asset)
+        attrs = a.get("attributes") or {}
+        if not isinstance(attrs, dict):
+            attrs = {}
+        model_id = a.get("modelId")
+        model: dict[str, Any] = {}
+        if isinstance(model_id, str) and model_id:
+            try:
+                model = await self._model(org, model_id)
+            except ObjectNotFound:
+                log.warning("enos: thing model %s of asset %s not found", model_id, asset)
+        uris: dict[str, str] = {}  # uri -> feature it came from (first wins)
+        if model:
+            for aid in self._file_features(model, "attributes"):
+                v = attrs.get(aid)
+                if isinstance(v, str) and v.startswith(FILE_SCHEME):
+                    uris.setdefault(v, f"attribute:{aid}")
+            points = self._file_features(model, "measurepoints")
+            if points:
+                for pid, v in sorted((await self._latest_points(org, asset, points)).items()):
+                    if pid in points and isinstance(v, str) and v.startswith(FILE_SCHEME):
+                        uris.setdefault(v, f"measurepoint:{pid}")
+        else:  # no model: any attribute holding a stored-file URI
+            for aid, v in sorted(attrs.items()):
+                if isinstance(v, str) and v.startswith(FILE_SCHEME):
+                    uris.setdefault(v, f"attribute:{aid}")
+        ordered = sorted(uris)
+        infos = await gather_limited(
+            [functools.partial(self._file_info, org, asset, u) for u in ordered], self._fi_limit
+        )
+        out = []
+        for uri, info in zip(ordered, infos, strict=True):
+            if info is None:
+                continue
+            name = info.get("originalFilename")
+            size = info.get("fileSize")
+            if not isinstance(name, str) or not isinstance(size, int):
+                raise ProtocolError(
+                    f"getFileInfo of {uri}: no originalFilename/fileSize", call="enos.getFileInfo"
+                )
+            md5 = info.get("md5") if isinstance(info.get("md5"), str) else None
+            created = info.get("createTime")
+            ts = _ms_to_ns(created)
+            out.append(
+                RemoteEntry(
+                    name=name,
+                    remote_id=uri,
+                    kind=EntryKind.FILE,
+                    key=f"file/{org}/{asset}/{uri}",
+                    size=size,
+                    mtime_ns=ts,
+                    ctime_ns=ts,
+                    version=md5 or f"{uri}@{created}",
+                    md5=md5,
+                    extra={"enos_file_uri": uri, "enos_feature": uris[uri]},
+                )
+            )
+        return out
+
+    async def _product_key(self, org: str, asset: str) -> str | None:
+        info = self._fresh_org(org)
+        if info is not None and asset in info.assets:
+            return info.product_keys.get(asset)
+        try:
+            env = await self._api(
+                "enos.getDevice",
+                "GET",
+                f"{self._apigw}/connect-service/v2.1/devices",
+                {"action": "get", "orgId": org, "assetId": asset},
+            )
+        except ObjectNotFound:
+            return None  # a logical asset, not a device
+        data = env.get("data")
+        pk = data.get("productKey") if isinstance(data, dict) else None
+        return pk if isinstance(pk, str) and pk else None
+
+    def _firmware_entry(self, org: str, asset: str, fw: dict[str, Any]) -> RemoteEntry | None:
+        fid = fw.get("firmwareId")
+        size = fw.get("fileSize")
+        if not isinstance(fid, str) or not isinstance(size, int):
+            log.warning("enos: firmware without firmwareId/fileSize skipped: %r", fid)
+            return None
+        url = fw.get("fileUrl") if isinstance(fw.get("fileUrl"), str) else ""
+        name = f"{_i18n(fw.get('name'))}-{fw.get('version', '')}{_ext(str(url))}"
+        sign = fw.get("sign")
+        md5 = (
+            sign
+            if isinstance(sign, str) and str(fw.get("signMethod", "")).lower() == "md5"
+            else None
+        )
+        created = fw.get("createTime")
+        ts = _ms_to_ns(created)
+        extra = {"enos_firmware_id": fid, "enos_file_url": str(url)}
+        if isinstance(fw.get("version"), str):
+            extra["enos_firmware_version"] = fw["version"]
+        return RemoteEntry(
+            name=name,
+            remote_id=fid,
+            kind=EntryKind.FILE,
+            key=f"fw/{org}/{asset}/{fid}",
+            size=size,
+            mtime_ns=ts,
+            ctime_ns=ts,
+            version=sign if isinstance(sign, str) and sign else f"{fid}@{created}",
+            md5=md5,
+            extra=extra,
+        )
+
+    async def _list_firmware(self, org: str, asset: str) -> list[RemoteEntry]:
+        pk = await self._product_key(org, asset)
+        if pk is None:
+            return []
+        fws = await self._paged(
+            "enos.searchFirmware",
+            f"{self._apigw}/connect-service/v2.1/ota-firmwares",
+            org,
+            "search",
+            {"expression": f"productKey='{pk}'"},
+            min(self._page_size, 200),
+        )
+        out = []
+        for fw in fws:
+            if fw.get("productKey") not in (None, pk):
+                continue
+            entry = self._firmware_entry(org, asset, fw)
+            if entry is not None:
+                out.append(entry)
+        return out
+
+    # ---- versions and bytes --------------------------------------------------------------------
+
+    @staticmethod
+    def _parse_file_key(key: str) -> tuple[str, str, str, str]:
+        kind, _, rest = key.partition("/")
+        parts = rest.split("/", 2)
+        if kind not in ("file", "fw") or len(parts) != 3:
+            raise ObjectNotFound(f"not an EnOS file key: {key!r}", call="enos.open")
+        return kind, parts[0], parts[1], parts[2]
+
+    async def get_firmware(self, org: str, firmware_id: str) -> dict[str, Any]:
+        """Get Firmware File (``ota-firmwares?action=get``): one firmware's FirmwareInfo."""
+        env = await self._api(
+            "enos.getFirmware",
+            "GET",
+            f"{self._apigw}/connect-service/v2.1/ota-firmwares",
+            {"action": "get", "orgId": org, "firmwareId": firmware_id},
+        )
+        data = env.get("data")
+        if not isinstance(data, dict):
+            raise ObjectNotFound(f"firmware {firmware_id} not found", call="enos.getFirmware")
+        return data
+
+    async def check_version(self, ref: ObjectRef) -> None:
+        """Raise ``VersionMismatch``/``ObjectNotFound`` if ``ref`` no longer names the bytes."""
+        kind, org, asset, ident = self._parse_file_key(ref.key)
+        if kind == "fw":
+            current = self._firmware_entry(org, asset, await self.get_firmware(org, ident))
+        else:
+            info = await self._file_info(org, asset, ident)
+            if info is None:
+                raise ObjectNotFound(f"{ident} is gone", call="enos.getFileInfo")
+            md5 = info.get("md5")
+            current_version = md5 if isinstance(md5, str) and md5 else None
+            if current_version is None:
+                current_version = f"{ident}@{info.get('createTime')}"
+            if current_version != ref.version:
+                raise VersionMismatch(f"{ident} changed", call="enos.getFileInfo")
+            return
+        if current is None or current.version != ref.version:
+            raise VersionMismatch(f"firmware {ident} changed", call="enos.getFirmware")
+
+    def open_stream(
+        self, ref: ObjectRef, offset: int = 0, length: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        kind, org, asset, ident = self._parse_file_key(ref.key)
+        if kind == "file":
+            call = "enos.downloadFile"
+            url = f"{self._integ}/connect-service/v2.1/files"
+            params = {
+                "action": "download",
+                "orgId": org,
+                "fileUri": ident,
+                "category": "feature",
+                "assetId": asset,
+            }
+        else:
+            call = "enos.downloadFirmwareFile"
+            url = f"{self._integ}/connect-service/v2.5/files"
+            params = {"action": "downloadFirmwareFile", "orgId": org, "firmwareId": ident}
+        last_token: list[str] = []
+
+        async def get_target(stale: bool) -> Target:
+            if stale and last_token:
+                await self.auth.invalidate(last_token[-1])
+            token = await self.auth.token()
+            last_token.append(token)
+            return Target(url, self.auth.sign(token, params, b""), params)
+
+        def classify(resp: httpx.Response, call: str) -> ProviderError | None:
+            try:
+                env = resp.json()
+            except ValueError:
+                return None
+            return envelope_error(env, call, resp.status_code)
+
+        def json_error(content: bytes) -> ProviderError | None:
+            try:
+                env = json.loads(content)
+            except ValueError:
+                return None
+            return envelope_error(env, call)
+
+        @asynccontextmanager
+        async def cm() -> AsyncIterator[AsyncIterator[bytes]]:
+            gen = stream_range(
+                self._client,
+                call,
+                get_target,
+                offset,
+                length,
+                expected_size=ref.size,
+                classify=classify,
+                is_stale=lambda r: r.status_code == 401,
+                json_error=json_error,
+                policy=self._retry,
+            )
+            try:
+                yield gen
+            finally:
+                await gen.aclose()  # type: ignore[attr-defined]
+
+        return cm()

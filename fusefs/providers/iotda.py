@@ -1,0 +1,304 @@
+"""IoTDA provider: the result files of export tasks (``/iotda/exports/<id>.zip``).
+
+No Range, no size in the listing (``size_known=False``), and at most one download per
+``download_interval`` (30 s) per user: downloads go through one lock that remembers when the last
+one started; a 403 ``IOTDA.014805`` (too frequent) waits for the window and tries again, for as long
+as the caller's cancel scope allows. See docs/providers/iotda.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import trio
+
+from fusefs.providers._http import (
+    CHUNK_SIZE,
+    DEFAULT_RETRY,
+    DOWNLOAD_HEADERS,
+    RetryPolicy,
+    error_for_status,
+    map_http_errors,
+    retry,
+    short_body,
+)
+from fusefs.providers._iam import IamTokenSource, iso_to_ns
+from fusefs.providers.base import (
+    AuthError,
+    Capabilities,
+    EntryKind,
+    ObjectNotFound,
+    ObjectRef,
+    ProtocolError,
+    ProviderError,
+    RemoteEntry,
+    TransientError,
+)
+
+log = logging.getLogger(__name__)
+
+RATE_LIMITED = "IOTDA.014805"
+NOT_FOUND = frozenset({"IOTDA.014802"})
+AUTH_CODES = frozenset({"IOTDA.000002", "IOTDA.000004", "APIG.0301", "APIG.0307"})
+THROTTLED = frozenset({"IOTDA.021101", "IOTDA.021102"})
+EXPORTS = "exports"
+
+
+def huawei_error(resp: httpx.Response) -> tuple[str, str]:
+    """``(error_code, error_msg)`` of an IoTDA/ROMA/APIG error body (empty strings if absent)."""
+    try:
+        body: Any = resp.json()
+    except ValueError:
+        return "", short_body(resp.content)
+    if not isinstance(body, dict):
+        return "", ""
+    if isinstance(body.get("error"), dict):  # keystone shape
+        err = body["error"]
+        return str(err.get("code", "")), str(err.get("message", ""))
+    return str(body.get("error_code", "")), str(body.get("error_msg", ""))
+
+
+def classify_huawei(resp: httpx.Response, call: str) -> ProviderError:
+    code, msg = huawei_error(resp)
+    text = f"HTTP {resp.status_code} {code} {msg}".strip()
+    if code in NOT_FOUND or resp.status_code == 404:
+        return ObjectNotFound(text, call=call)
+    if code in THROTTLED:
+        return TransientError(text, call=call)
+    if code in AUTH_CODES or resp.status_code == 401:
+        return AuthError(text, call=call)
+    return error_for_status(resp.status_code, call, f"{code} {msg}".strip(), resp.headers)
+
+
+def is_token_rejected(resp: httpx.Response) -> bool:
+    if resp.status_code == 401:
+        return True
+    code, _ = huawei_error(resp) if resp.status_code == 403 else ("", "")
+    return code in AUTH_CODES
+
+
+class IotdaProvider:
+    """``/iotda/exports``: one ``<export_task_id>.zip`` per task with status Success."""
+
+    name = "iotda"
+    capabilities = Capabilities(ranged_reads=False, size_known=False, max_concurrency=1)
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        iam: IamTokenSource,
+        *,
+        url: str,
+        project_id: str | None = None,
+        instance_id: str | None = None,
+        resource_type: str = "BatchTask",
+        download_interval: float = 30.0,
+        retry_policy: RetryPolicy = DEFAULT_RETRY,
+        page_size: int = 50,
+    ) -> None:
+        self._client = client
+        self._iam = iam
+        self._url = url.rstrip("/")
+        self._project_id = project_id
+        self._instance_id = instance_id
+        self._resource_type = resource_type
+        self._interval = download_interval
+        self._retry = retry_policy
+        self._page_size = page_size
+        self._download_lock = trio.Lock()
+        self._last_download: float | None = None  # trio.current_time() of the last start
+
+    def __repr__(self) -> str:
+        return f"IotdaProvider(url={self._url!r}, project_id={self._project_id!r})"
+
+    async def aclose(self) -> None:
+        pass
+
+    async def _base(self) -> str:
+        if self._project_id is None:
+            self._project_id = await self._iam.project_id()
+        return f"{self._url}/v5/iot/{quote(self._project_id, safe='')}/export-tasks"
+
+    async def _headers(self) -> tuple[str, dict[str, str]]:
+        token = await self._iam.token()
+        headers = {"X-Auth-Token": token}
+        if self._instance_id:
+            headers["Instance-Id"] = self._instance_id
+        return token, headers
+
+    async def _get_json(self, call: str, url: str, params: dict[str, str]) -> Any:
+        async def once() -> Any:
+            for attempt in (1, 2):
+                token, headers = await self._headers()
+                log.debug("%s: GET %s %s", call, url, params)
+                with map_http_errors(call):
+                    resp = await self._client.get(url, params=params, headers=headers)
+                if is_token_rejected(resp):
+                    if attempt == 1:
+                        log.warning("%s: IAM token rejected; getting a new one", call)
+                        await self._iam.invalidate(token)
+                        continue
+                    raise AuthError("IAM token rejected even after a fresh one", call=call)
+                if resp.status_code != 200:
+                    raise classify_huawei(resp, call)
+                try:
+                    return resp.json()
+                except ValueError as exc:
+                    raise ProtocolError("answer is not JSON", call=call) from exc
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return await retry(call, once, policy=self._retry)
+
+    async def list_dir(self, key: str) -> list[RemoteEntry]:
+        if key == "":
+            return [
+                RemoteEntry(
+                    name=EXPORTS,
+                    remote_id=EXPORTS,
+                    kind=EntryKind.DIR,
+                    key=EXPORTS,
+                    size=0,
+                    mtime_ns=0,
+                    ctime_ns=0,
+                    version="",
+                )
+            ]
+        if key != EXPORTS:
+            raise ObjectNotFound(f"no such directory key {key!r}", call="iotda.list")
+        return await self._list_exports()
+
+    async def _list_exports(self) -> list[RemoteEntry]:
+        call = "iotda.listExportTasks"
+        url = await self._base()
+        out: list[RemoteEntry] = []
+        seen: set[str] = set()
+        marker: str | None = None
+        while True:
+            params = {"resource_type": self._resource_type, "limit": str(self._page_size)}
+            if marker:
+                params["marker"] = marker
+            body = await self._get_json(call, url, params)
+            tasks = body.get("export_tasks") if isinstance(body, dict) else None
+            if not isinstance(tasks, list):
+                raise ProtocolError("no export_tasks list", call=call)
+            for t in tasks:
+                if not isinstance(t, dict) or not isinstance(t.get("export_task_id"), str):
+                    continue
+                tid: str = t["export_task_id"]
+                if tid in seen:
+                    continue
+                seen.add(tid)
+                if t.get("status") != "Success":
+                    continue
+                end = t.get("end_time")
+                mtime = iso_to_ns(end)
+                out.append(
+                    RemoteEntry(
+                        name=f"{tid}.zip",
+                        remote_id=tid,
+                        kind=EntryKind.FILE,
+                        key=f"t/{tid}",
+                        size=None,
+                        mtime_ns=mtime,
+                        ctime_ns=iso_to_ns(t.get("create_time")) or mtime,
+                        version=f"{tid}@{end}",
+                        extra={"iotda_resource_type": str(t.get("resource_type", ""))},
+                    )
+                )
+            if len(tasks) < self._page_size:
+                break
+            page = body.get("page") if isinstance(body, dict) else None
+            nxt = page.get("marker") if isinstance(page, dict) else None
+            if not isinstance(nxt, str) or not nxt:
+                last = tasks[-1]
+                nxt = last.get("export_task_id") if isinstance(last, dict) else None
+            if not isinstance(nxt, str) or not nxt or nxt == marker:
+                raise ProtocolError("export-task paging does not advance", call=call)
+            marker = nxt
+        return out
+
+    async def _wait_window(self) -> None:
+        if self._last_download is not None:
+            await trio.sleep_until(self._last_download + self._interval)
+        self._last_download = trio.current_time()
+
+    async def _open_download(self, stack: AsyncExitStack, tid: str) -> httpx.Response:
+        """Start the download (serialised, one per window); return the 200 response."""
+        call = "iotda.downloadExportFile"
+        url = f"{await self._base()}/{quote(tid, safe='')}/file"
+        failures = 0
+        throttled = 0
+        token_retried = False
+        async with self._download_lock:
+            while True:
+                await self._wait_window()
+                token, headers = await self._headers()
+                headers.update(DOWNLOAD_HEADERS)
+                log.debug("%s: GET %s", call, url)
+                try:
+                    with map_http_errors(call):
+                        resp = await stack.enter_async_context(
+                            self._client.stream("GET", url, headers=headers)
+                        )
+                        if resp.status_code == 200:
+                            return resp
+                        await resp.aread()
+                        await resp.aclose()
+                    code, _ = huawei_error(resp)
+                    if resp.status_code == 403 and code == RATE_LIMITED:
+                        throttled += 1
+                        # our window should have prevented this: also back off in case the
+                        # server's window is longer than the configured one
+                        extra = self._retry.delay(throttled)
+                        log.warning(
+                            "%s: %s (too frequent); waiting %.1fs",
+                            call,
+                            code,
+                            self._interval + extra,
+                        )
+                        await trio.sleep(extra)
+                        continue
+                    if is_token_rejected(resp) and not token_retried:
+                        token_retried = True
+                        log.warning("%s: IAM token rejected; getting a new one", call)
+                        await self._iam.invalidate(token)
+                        continue
+                    raise classify_huawei(resp, call)
+                except TransientError as exc:
+                    failures += 1
+                    if failures >= self._retry.attempts:
+                        raise
+                    log.warning("%s failed (%s); retry %d after the window", call, exc, failures)
+
+    def open_stream(
+        self, ref: ObjectRef, offset: int = 0, length: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        if offset != 0 or length is not None:
+            raise ValueError("IoTDA export files are read whole (offset=0, length=None)")
+        kind, _, tid = ref.key.partition("/")
+        if kind != "t" or not tid:
+            raise ObjectNotFound(f"not an IoTDA file key: {ref.key!r}", call="iotda.open")
+        call = "iotda.downloadExportFile"
+
+        @asynccontextmanager
+        async def cm() -> AsyncIterator[AsyncIterator[bytes]]:
+            async with AsyncExitStack() as stack:
+                resp = await self._open_download(stack, tid)
+
+                async def body() -> AsyncIterator[bytes]:
+                    with map_http_errors(call):
+                        async for chunk in resp.aiter_bytes(CHUNK_SIZE):
+                            yield chunk
+
+                gen = body()
+                try:
+                    yield gen
+                finally:
+                    await gen.aclose()  # type: ignore[attr-defined]
+
+        return cm()

@@ -1,0 +1,278 @@
+"""ROMA Connect provider: asset archives of configured export jobs, downloadable ONCE.
+
+Tree::
+
+    ""                      one DIR per configured instance id          key i/<instance>
+    i/<instance>            DIR archives                                key a/<instance>
+    a/<instance>            one FILE <archive_id>.zip per configured job whose status has an
+                            archive_id (key z/<instance>/<archive_id>)
+
+A ROMA download is never retried: the server deletes the archive once it has been sent, so a 403
+``ROMA.00000101`` or a body cut midway both raise ``OneShotConsumed``. See docs/providers/roma.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from fusefs.providers._http import (
+    CHUNK_SIZE,
+    DEFAULT_RETRY,
+    DOWNLOAD_HEADERS,
+    RetryPolicy,
+    gather_limited,
+    map_http_errors,
+    retry,
+)
+from fusefs.providers._iam import IamTokenSource, iso_to_ns
+from fusefs.providers.base import (
+    AuthError,
+    Capabilities,
+    EntryKind,
+    ObjectNotFound,
+    ObjectRef,
+    OneShotConsumed,
+    ProtocolError,
+    RemoteEntry,
+    TransientError,
+)
+from fusefs.providers.iotda import classify_huawei, huawei_error, is_token_rejected
+
+log = logging.getLogger(__name__)
+
+ARCHIVES = "archives"
+SUCCESS = frozenset({"succeeded", "success"})
+
+
+class RomaProvider:
+    """``/roma/<instance>/archives/<archive_id>.zip``."""
+
+    name = "roma"
+    capabilities = Capabilities(
+        ranged_reads=False, size_known=False, one_shot=True, max_concurrency=1
+    )
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        iam: IamTokenSource,
+        *,
+        url: str,
+        instances: dict[str, Sequence[str]],
+        project_id: str | None = None,
+        retry_policy: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
+        self._client = client
+        self._iam = iam
+        self._url = url.rstrip("/")
+        self._instances = {k: list(v) for k, v in instances.items()}
+        self._project_id = project_id
+        self._retry = retry_policy
+
+    def __repr__(self) -> str:
+        return f"RomaProvider(url={self._url!r}, instances={list(self._instances)!r})"
+
+    async def aclose(self) -> None:
+        pass
+
+    async def _base(self, instance: str) -> str:
+        if self._project_id is None:
+            self._project_id = await self._iam.project_id()
+        return (
+            f"{self._url}/v2/{quote(self._project_id, safe='')}/instances/"
+            f"{quote(instance, safe='')}/assets"
+        )
+
+    async def _call(
+        self, call: str, method: str, url: str, body: object = None, *, idempotent: bool = True
+    ) -> Any:
+        async def once() -> Any:
+            for attempt in (1, 2):
+                token = await self._iam.token()
+                log.debug("%s: %s %s", call, method, url)
+                with map_http_errors(call):
+                    resp = await self._client.request(
+                        method, url, headers={"X-Auth-Token": token}, json=body
+                    )
+                if is_token_rejected(resp):
+                    if attempt == 1:
+                        log.warning("%s: IAM token rejected; getting a new one", call)
+                        await self._iam.invalidate(token)
+                        continue
+                    raise AuthError("IAM token rejected even after a fresh one", call=call)
+                if resp.status_code not in (200, 201, 202):
+                    raise classify_huawei(resp, call)
+                try:
+                    return resp.json()
+                except ValueError as exc:
+                    raise ProtocolError("answer is not JSON", call=call) from exc
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return await retry(call, once, policy=self._retry) if idempotent else await once()
+
+    # ---- listings ------------------------------------------------------------------------------
+
+    async def list_dir(self, key: str) -> list[RemoteEntry]:
+        if key == "":
+            return [self._dir(inst, f"i/{inst}") for inst in self._instances]
+        kind, _, inst = key.partition("/")
+        if inst in self._instances:
+            if kind == "i":
+                return [self._dir(ARCHIVES, f"a/{inst}", remote_id=f"{inst}/{ARCHIVES}")]
+            if kind == "a":
+                return await self._list_archives(inst)
+        raise ObjectNotFound(f"no such directory key {key!r}", call="roma.list")
+
+    @staticmethod
+    def _dir(name: str, key: str, remote_id: str | None = None) -> RemoteEntry:
+        return RemoteEntry(
+            name=name,
+            remote_id=remote_id or name,
+            kind=EntryKind.DIR,
+            key=key,
+            size=0,
+            mtime_ns=0,
+            ctime_ns=0,
+            version="",
+        )
+
+    async def job_status(self, instance: str, job_id: str) -> dict[str, Any]:
+        url = f"{await self._base(instance)}/jobs/{quote(job_id, safe='')}"
+        body = await self._call("roma.jobStatus", "GET", url)
+        if not isinstance(body, dict):
+            raise ProtocolError("job status is not an object", call="roma.jobStatus")
+        return body
+
+    async def _list_archives(self, inst: str) -> list[RemoteEntry]:
+        jobs = self._instances[inst]
+
+        async def one(job_id: str) -> RemoteEntry | None:
+            try:
+                st = await self.job_status(inst, job_id)
+            except ObjectNotFound:
+                log.info("roma: job %s of instance %s not found; skipped", job_id, inst)
+                return None
+            status = str(st.get("status", "")).lower()
+            archive = st.get("archive_id")
+            if not archive:
+                ent = st.get("entities")
+                archive = ent.get("archive_id") if isinstance(ent, dict) else None
+            if status not in SUCCESS or not isinstance(archive, str) or not archive:
+                log.debug("roma: job %s is %s without an archive; skipped", job_id, status)
+                return None
+            mtime = iso_to_ns(st.get("end_time"))
+            return RemoteEntry(
+                name=f"{archive}.zip",
+                remote_id=archive,
+                kind=EntryKind.FILE,
+                key=f"z/{inst}/{archive}",
+                size=None,
+                mtime_ns=mtime,
+                ctime_ns=iso_to_ns(st.get("begin_time")) or mtime,
+                version=archive,
+                extra={"roma_job_id": job_id},
+            )
+
+        found = await gather_limited([functools.partial(one, j) for j in jobs], 4)
+        out: dict[str, RemoteEntry] = {}
+        for e in found:
+            if e is not None:
+                out.setdefault(e.remote_id, e)
+        return list(out.values())
+
+    async def start_export(
+        self, instance_id: str, apps: Sequence[str], tasks: Sequence[str]
+    ) -> str:
+        """Create an export job (``POST .../assets/export``); returns its job_id. Not retried."""
+        url = f"{await self._base(instance_id)}/export"
+        body = {"apps": [{"id": a} for a in apps], "tasks": [{"id": t} for t in tasks]}
+        result = await self._call("roma.export", "POST", url, body, idempotent=False)
+        job = result.get("job_id") if isinstance(result, dict) else None
+        if not isinstance(job, str) or not job:
+            raise ProtocolError("export answer without job_id", call="roma.export")
+        return job
+
+    # ---- bytes (once) --------------------------------------------------------------------------
+
+    async def _open_download(self, stack: AsyncExitStack, url: str) -> httpx.Response:
+        call = "roma.downloadArchive"
+        for attempt in (1, 2):
+            token = await self._iam.token()
+            headers = {"X-Auth-Token": token, **DOWNLOAD_HEADERS}
+            log.debug("%s: GET %s", call, url)
+            with map_http_errors(call):
+                resp = await stack.enter_async_context(
+                    self._client.stream("GET", url, headers=headers)
+                )
+                if resp.status_code == 200:
+                    return resp
+                await resp.aread()
+                await resp.aclose()
+            code, msg = huawei_error(resp)
+            # a gateway token rejection happens before the archive is touched: one fresh token
+            if attempt == 1 and is_token_rejected(resp):
+                log.warning("%s: IAM token rejected; getting a new one", call)
+                await self._iam.invalidate(token)
+                continue
+            if resp.status_code in (403, 404, 410) and code.startswith("ROMA."):
+                raise OneShotConsumed(
+                    f"archive was already downloaded or has expired ({code} {msg}); "
+                    "it can no longer be fetched",
+                    call=call,
+                )
+            raise classify_huawei(resp, call)
+        raise AuthError("IAM token rejected even after a fresh one", call=call)
+
+    def open_stream(
+        self, ref: ObjectRef, offset: int = 0, length: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        if offset != 0 or length is not None:
+            raise ValueError("ROMA archives are read whole, once (offset=0, length=None)")
+        kind, _, rest = ref.key.partition("/")
+        inst, _, archive = rest.partition("/")
+        if kind != "z" or not archive:
+            raise ObjectNotFound(f"not a ROMA archive key: {ref.key!r}", call="roma.open")
+        call = "roma.downloadArchive"
+
+        @asynccontextmanager
+        async def cm() -> AsyncIterator[AsyncIterator[bytes]]:
+            async with AsyncExitStack() as stack:
+                url = f"{await self._base(inst)}/archives/{quote(archive, safe='')}"
+                resp = await self._open_download(stack, url)
+                cl = resp.headers.get("content-length")
+                declared = int(cl) if cl and cl.isdigit() else None
+
+                async def body() -> AsyncIterator[bytes]:
+                    got = 0
+                    try:
+                        with map_http_errors(call):
+                            async for chunk in resp.aiter_bytes(CHUNK_SIZE):
+                                got += len(chunk)
+                                yield chunk
+                    except TransientError as exc:
+                        raise OneShotConsumed(
+                            f"archive {archive} was cut after {got} bytes ({exc}); the server "
+                            "deletes it once sent, so it can no longer be fetched",
+                            call=call,
+                        ) from exc
+                    if declared is not None and got < declared:
+                        raise OneShotConsumed(
+                            f"archive {archive} was cut after {got} of {declared} bytes; the "
+                            "server deletes it once sent, so it can no longer be fetched",
+                            call=call,
+                        )
+
+                gen = body()
+                try:
+                    yield gen
+                finally:
+                    await gen.aclose()  # type: ignore[attr-defined]
+
+        return cm()

@@ -1,0 +1,214 @@
+"""The config loader: every error message says what to fix; secrets never leak."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from fusefs.config import ConfigError, Secret, load_config
+
+ENV = {"KEY": "appkey-1", "SECRET": "s3cr3t-value", "TOK": "Bearer tok-xyz", "PW": "iam-pw-123"}
+
+FULL = """
+[mount]
+request_timeout = 30
+dir_ttl = 5.5
+log_level = "DEBUG"
+[cache]
+dir = "~/cachedir"
+block_size = "1MiB"
+max_size = 1073741824
+min_free_ratio = 0.1
+memory_budget = "64 MiB"
+[enos]
+apigw_url = "https://apim.example.com/"
+app_key_env = "KEY"
+app_secret_env = "SECRET"
+orgs = ["o1", "o2"]
+[koodrive]
+url = "https://kd.example.com"
+token_env = "TOK"
+containers = [{ id = "IAAD1", group_id = 1234 }, { id = "IAAD2" }]
+[iam]
+url = "https://iam.example.com"
+user = "u"
+domain = "d"
+project = "cn-north-4"
+password_env = "PW"
+[iotda]
+url = "https://iotda.example.com"
+project_id = "p1"
+[roma]
+url = "https://roma.example.com"
+project_id = "p2"
+instances = [{ id = "i1", jobs = ["j1", "j2"] }]
+"""
+
+
+def write(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    p = tmp_path / "fusefs.toml"
+    p.write_text(text)
+    p.chmod(mode)
+    return p
+
+
+def test_full_config(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, FULL), ENV)
+    assert cfg.mount.request_timeout == 30.0 and cfg.mount.dir_ttl == 5.5
+    assert cfg.mount.log_level == "debug"
+    assert cfg.cache.dir == Path("~/cachedir").expanduser()
+    assert cfg.cache.block_size == 1 << 20 and cfg.cache.max_size == 1 << 30
+    assert cfg.cache.memory_budget == 64 << 20
+    assert cfg.enos is not None and cfg.enos.apigw_url == "https://apim.example.com"
+    assert cfg.enos.integration_url == cfg.enos.apigw_url
+    assert cfg.enos.app_key == "appkey-1" and cfg.enos.app_secret.reveal() == "s3cr3t-value"
+    assert cfg.koodrive is not None and cfg.koodrive.auth == "token"
+    assert [c.group_id for c in cfg.koodrive.containers] == ["1234", None]
+    assert cfg.iotda is not None and cfg.iotda.resource_type == "BatchTask"
+    assert cfg.iotda.download_interval == 30.0
+    assert cfg.roma is not None and cfg.roma.instances[0].jobs == ("j1", "j2")
+
+
+def test_defaults_when_mount_and_cache_absent(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            FULL.split("[enos]")[0].split("[mount]")[0]
+            + "[enos]"
+            + FULL.split("[enos]")[1].split("[koodrive]")[0],
+        ),
+        ENV,
+    )
+    assert cfg.mount.request_timeout == 60.0 and cfg.cache.block_size == 1 << 20
+    assert cfg.koodrive is None and cfg.iotda is None
+
+
+def test_secrets_never_in_repr_or_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    cfg = load_config(write(tmp_path, FULL, 0o644), ENV)
+    text = repr(cfg) + str(cfg) + caplog.text
+    for secret in ("s3cr3t-value", "tok-xyz", "iam-pw-123"):
+        assert secret not in text
+    assert "Secret(<hidden>" in repr(cfg)
+
+
+def test_config_readable_by_others_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    load_config(write(tmp_path, FULL, 0o644), ENV)
+    assert "readable by group/others" in caplog.text
+    caplog.clear()
+    load_config(write(tmp_path, FULL, 0o600), ENV)
+    assert "readable" not in caplog.text
+
+
+def test_secret_file_and_its_mode(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sf = tmp_path / "secret"
+    sf.write_text("from-file\n")
+    sf.chmod(0o644)
+    text = FULL.replace('app_secret_env = "SECRET"', f'app_secret_file = "{sf}"')
+    cfg = load_config(write(tmp_path, text), ENV)
+    assert cfg.enos is not None and cfg.enos.app_secret.reveal() == "from-file"
+    assert "chmod 600" in caplog.text
+    caplog.clear()
+    sf.chmod(0o600)
+    load_config(write(tmp_path, text), ENV)
+    assert "chmod" not in caplog.text
+
+
+def test_secret_repr() -> None:
+    s = Secret("abc", "env X")
+    assert "abc" not in repr(s) and "abc" not in str(s) and s.reveal() == "abc"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ('app_secret_env = "SECRET"', 'app_secret_env = "FUSEFS_ENOS_APP_SECRET"'),
+            "set FUSEFS_ENOS_APP_SECRET or app_secret_file",
+        ),
+        (('app_secret_env = "SECRET"', ""), "app_secret: missing; add app_secret_env"),
+        (
+            ('app_secret_env = "SECRET"', 'app_secret = "x"'),
+            "secrets are not written into the config",
+        ),
+        (("dir_ttl = 5.5", "dir_ttl = 0"), "[mount] dir_ttl: must be a number > 0"),
+        (("dir_ttl = 5.5", 'dir_ttl = "5"'), "[mount] dir_ttl: must be a number, got a string"),
+        (("dir_ttl = 5.5", "dir_tll = 5.5"), "[mount] unknown key 'dir_tll'"),
+        (('log_level = "DEBUG"', 'log_level = "loud"'), "[mount] log_level: must be one of"),
+        (
+            ('block_size = "1MiB"', 'block_size = "1 MB-ish"'),
+            "[cache] block_size: cannot read size",
+        ),
+        (('block_size = "1MiB"', "block_size = true"), "[cache] block_size: must be a size"),
+        (
+            ("min_free_ratio = 0.1", "min_free_ratio = 1.5"),
+            "[cache] min_free_ratio: must be within",
+        ),
+        (
+            ('apigw_url = "https://apim.example.com/"', 'apigw_url = "apim.example.com"'),
+            "[enos] apigw_url: 'apim.example.com' is not an http(s) URL",
+        ),
+        (('orgs = ["o1", "o2"]', 'orgs = "o1"'), "[enos] orgs: must be a list"),
+        (('orgs = ["o1", "o2"]', ""), "[enos] orgs: missing"),
+        (("[iam]", "[iamx]"), "unknown section [iamx]"),
+        (
+            (
+                'containers = [{ id = "IAAD1", group_id = 1234 }, { id = "IAAD2" }]',
+                "containers = []",
+            ),
+            "[koodrive] containers: must be a non-empty list",
+        ),
+        (
+            ('token_env = "TOK"', 'token_env = "TOK"\nauth = "oauth"'),
+            '[koodrive] auth: must be "token" or "app"',
+        ),
+        (('token_env = "TOK"', 'token_env = "TOK"\nuser_id = "1"'), 'only used with auth = "app"'),
+        (
+            (
+                'instances = [{ id = "i1", jobs = ["j1", "j2"] }]',
+                'instances = [{ id = "i1", job = [] }]',
+            ),
+            "[roma] instances[0]: unknown key 'job'",
+        ),
+        (('app_key_env = "KEY"', 'app_key_env = "NOPE"'), "environment variable NOPE is not set"),
+    ],
+)
+def test_error_messages(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    old, new = change
+    assert old in FULL
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, FULL.replace(old, new, 1)), ENV)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+    for secret in ENV.values():
+        assert secret not in str(info.value)
+
+
+def test_missing_iam_section(tmp_path: Path) -> None:
+    text = FULL.split("[iam]")[0] + "[iotda]" + FULL.split("[iotda]")[1]
+    with pytest.raises(
+        ConfigError, match=r"\[iotda\] needs IAM credentials: add an \[iam\] section"
+    ):
+        load_config(write(tmp_path, text), ENV)
+
+
+def test_no_provider_and_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no provider configured"):
+        load_config(write(tmp_path, "[mount]\ndir_ttl = 1\n"), ENV)
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(write(tmp_path, "[mount\n"), ENV)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "absent.toml", ENV)
+
+
+def test_koodrive_app_auth(tmp_path: Path) -> None:
+    text = FULL.replace(
+        'token_env = "TOK"',
+        'auth = "app"\napp_id = "a1"\napp_secret_env = "SECRET"\nuser_id = "99"',
+    )
+    cfg = load_config(write(tmp_path, text), ENV)
+    assert cfg.koodrive is not None and cfg.koodrive.auth == "app"
+    assert cfg.koodrive.app_id == "a1" and cfg.koodrive.user_id == "99"
+    assert cfg.koodrive.token is None
