@@ -38,6 +38,7 @@ def demo_config(
     *,
     mount: Mapping[str, Any] | None = None,
     cache: Mapping[str, Any] | None = None,
+    iotda: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Write a config naming everything in the world; return the env vars with its secrets."""
     world = json.loads((world_dir / "world.json").read_text())
@@ -83,7 +84,8 @@ def demo_config(
         "[iotda]",
         f"url = {_toml_str(base_url)}",
         f"project_id = {_toml_str(world['iotda']['projectId'])}",
-        f"instance_id = {_toml_str(world['iotda']['instanceId'])}", "",
+        f"instance_id = {_toml_str(world['iotda']['instanceId'])}",
+        *table(iotda or {}), "",
         "[roma]",
         f"url = {_toml_str(base_url)}",
         f"project_id = {_toml_str(world['roma']['projectId'])}",

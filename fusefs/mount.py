@@ -17,6 +17,7 @@ import trio
 from fusefs.cache.block_cache import BlockCache
 from fusefs.fuse_ops import FuseOperations
 from fusefs.providers.registry import build_providers
+from fusefs.vfs.snapshots import ListingStore
 from fusefs.vfs.tree import VirtualTree
 
 if TYPE_CHECKING:
@@ -92,7 +93,12 @@ async def run_mount(cfg: MountConfig, mountpoint: Path) -> None:
             min_free_ratio=cfg.cache.min_free_ratio,
             memory_budget=cfg.cache.memory_budget,
         )
-        tree = VirtualTree(providers, cache, dir_ttl=cfg.mount.dir_ttl)
+        tree = VirtualTree(
+            providers,
+            cache,
+            dir_ttl=cfg.mount.dir_ttl,
+            snapshots=ListingStore(Path(cfg.cache.dir)),
+        )
         ops = FuseOperations(tree, cache, request_timeout=cfg.mount.request_timeout)
         options = set(pyfuse3.default_options)
         options |= {"fsname=fusefs", "subtype=fusefs", "ro", "noatime"}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import faulthandler
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mounting import Emulator, fuse_available
+from tests.helpers.mounting import FAST_IOTDA_WINDOW, Emulator, fuse_available
 
 faulthandler.enable()
 
@@ -48,7 +49,9 @@ def world_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def emulator(world_tiny: Path, tmp_path: Path) -> Iterator[Emulator]:
     from fusefs.demo import running_emulator
 
-    with running_emulator(world_tiny, tmp_path) as url:
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps({"iotda_download_window": FAST_IOTDA_WINDOW}))
+    with running_emulator(world_tiny, tmp_path, faults=faults) as url:
         yield Emulator(url)
 
 

@@ -335,7 +335,10 @@ class BlockCache:
     # -- whole-object sources ----------------------------------------------------------------
     def start_whole(self, obj: CachedObject) -> _WholeFetch:
         wf = self._whole.get(obj.oid)
-        if wf is None or (wf.done.is_set() and wf.error is not None):
+        failed = wf is not None and wf.done.is_set() and wf.error is not None
+        if failed and obj.provider.capabilities.one_shot:
+            return wf  # a one-shot source that failed once can never be fetched again
+        if wf is None or failed:
             wf = _WholeFetch()
             self._whole[obj.oid] = wf
             self._spawn(self._fetch_whole, obj, wf, name=f"fetch-whole {obj.ref.key}")

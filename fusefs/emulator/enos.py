@@ -246,7 +246,8 @@ def file_meta_json(org: JSON, category: str, uri: str, rec: JSON) -> JSON:
         "orgId": org["orgId"],
         "category": category,
         "fileUri": uri,
-        "originalFilename": rec.get("originalFilename") or uri.rsplit("/", 1)[-1],
+        # the stored name as it is, even empty: the client must cope (world.json is the truth)
+        "originalFilename": rec.get("originalFilename", uri.rsplit("/", 1)[-1]),
         "fileSize": body.size,
         "md5": body.md5,
         "signMethod": "md5",

@@ -306,6 +306,10 @@ class EnosProvider:
                         await self.auth.invalidate(token)
                         continue
                     raise AuthError("token rejected even after a fresh one", call=call)
+                if resp.status_code in (408, 429) or resp.status_code >= 500:
+                    raise error_for_status(
+                        resp.status_code, call, short_body(resp.content), resp.headers
+                    )
                 err = envelope_error(env, call, resp.status_code)
                 if err is not None:
                     raise err

@@ -335,6 +335,11 @@ class KoodriveProvider:
                         log.warning("%s: authorization rejected; signing again", call)
                         continue
                     raise AuthError(f"HTTP {resp.status_code}: {msg}".rstrip(": "), call=call)
+                if resp.status_code in (408, 429) or resp.status_code >= 500:
+                    # throttling and server errors are transient whatever the body says
+                    raise error_for_status(
+                        resp.status_code, call, short_body(resp.content), resp.headers
+                    )
                 if code is not None and code != 0:
                     raise classify_code(code, msg, call, resp.status_code)
                 if resp.status_code != 200:

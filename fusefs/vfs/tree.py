@@ -35,6 +35,7 @@ from fusefs.providers.base import (
 if TYPE_CHECKING:
     from fusefs.cache.block_cache import BlockCache
     from fusefs.providers.base import Provider
+    from fusefs.vfs.snapshots import ListingStore
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,13 @@ class VirtualTree:
         cache: BlockCache,
         *,
         dir_ttl: float,
+        snapshots: ListingStore | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if dir_ttl <= 0:
             raise ValueError("dir_ttl must be > 0")
         self.cache = cache
+        self.snapshots = snapshots
         self.dir_ttl = dir_ttl
         self.clock = clock
         self._next_ino = 2
@@ -158,18 +161,52 @@ class VirtualTree:
 
     async def _refresh(self, node: Node) -> None:
         assert node.provider is not None
+        provider = node.provider
         what = f"listing {self.describe(node)}"
         try:
-            entries = await node.provider.list_dir(node.key)
+            entries = await provider.list_dir(node.key)
         except ProviderError as exc:
             if node.children is not None:
                 log.warning("%s failed (%s); serving the listing from %.0f s ago", what, exc,
                             self.clock() - node.listed_at)
-                node.listed_at = self.clock() - self.dir_ttl + min(self.dir_ttl, 5.0)
+                self._retry_soon(node)
                 return
-            raise to_fs_error(exc, what) from exc
+            saved = self.snapshots.load(provider.name, node.key) if self.snapshots else None
+            if saved is None:
+                raise to_fs_error(exc, what) from exc
+            log.warning("%s failed (%s); serving the listing saved %s (offline)", what, exc,
+                        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved[0])))
+            self._apply_listing(node, saved[1])
+            self._retry_soon(node)
+            return
+        if provider.capabilities.one_shot:
+            entries = self._keep_consumed(node, entries)
         self._apply_listing(node, entries)
         node.listed_at = self.clock()
+        if self.snapshots is not None:
+            self.snapshots.save(provider.name, node.key, entries)
+
+    def _retry_soon(self, node: Node) -> None:
+        node.listed_at = self.clock() - self.dir_ttl + min(self.dir_ttl, 5.0)
+
+    def _keep_consumed(self, node: Node, entries: list[RemoteEntry]) -> list[RemoteEntry]:
+        """One-shot objects we hold whole stay listed after the API stops listing them."""
+        assert node.provider is not None
+        if node.children is not None:
+            previous = [self.nodes[i].entry for i in node.children.values() if i in self.nodes]
+        else:
+            saved = self.snapshots.load(node.provider.name, node.key) if self.snapshots else None
+            previous = list(saved[1]) if saved else []
+        listed = {e.remote_id for e in entries}
+        kept = list(entries)
+        for old in previous:
+            if old is None or old.remote_id in listed or old.kind is not EntryKind.FILE:
+                continue
+            obj = self.cache.object(node.provider, ObjectRef(node.provider.name, old.key,
+                                                             old.version, old.size))
+            if self.cache.is_complete(obj):
+                kept.append(old)
+        return kept
 
     def _apply_listing(self, node: Node, entries: Sequence[RemoteEntry]) -> None:
         names = map_names([(e.name, e.remote_id) for e in entries])

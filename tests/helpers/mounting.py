@@ -18,6 +18,11 @@ from typing import Any
 from fusefs.demo import demo_config
 
 
+# Tests shorten IoTDA's 1-download-per-30-s rule (emulator and client alike) to keep runs short;
+# the rule itself is tested with its own window.
+FAST_IOTDA_WINDOW = 0.3
+
+
 def fuse_available() -> bool:
     if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
         return False
@@ -71,7 +76,8 @@ class Emulator:
         self.admin("POST", "/_admin/stats/reset")
 
     def set_faults(self, plan: dict[str, Any]) -> None:
-        self.admin("PUT", "/_admin/faults", plan)
+        """Set the given fields of the fault plan and append its rules."""
+        self.admin("PUT", "/_admin/faults?merge=1", plan)
 
 
 @dataclass
@@ -107,6 +113,7 @@ def mounted(
     cache_dir: Path | None = None,
     mount_opts: dict[str, Any] | None = None,
     cache_opts: dict[str, Any] | None = None,
+    iotda_opts: dict[str, Any] | None = None,
     name: str = "mnt",
 ) -> Iterator[Mount]:
     mnt = workdir / name
@@ -121,6 +128,7 @@ def mounted(
             config,
             mount={"request_timeout": 30.0, "log_level": "debug", **(mount_opts or {})},
             cache=cache_opts,
+            iotda={"download_interval": FAST_IOTDA_WINDOW, **(iotda_opts or {})},
         ),
     }
     log = workdir / f"{name}.log"

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.fuse
 def test_server_errors_map_to_eio_and_recover(
     world_tiny: Path, emulator: Emulator, workdir: Path
 ) -> None:
-    f = next(f for f in manifest(world_tiny) if f["provider"] == "enos" and f["size"] > 0)
+    f = next(f for f in manifest(world_tiny) if "/files/" in f["path"] and f["size"] > 0)
     with mounted(world_tiny, emulator.url, workdir) as m:
         os.stat(m.path / f["path"])  # listing done before the fault
         emulator.set_faults({"rules": [{"route": "enos.download", "kind": "error", "status": 500}]})
@@ -44,7 +44,7 @@ def test_transient_errors_are_retried(world_tiny: Path, emulator: Emulator, work
 def test_slow_server_is_bounded_by_request_timeout(
     world_tiny: Path, emulator: Emulator, workdir: Path
 ) -> None:
-    f = next(f for f in manifest(world_tiny) if f["provider"] == "enos" and f["size"] > 0)
+    f = next(f for f in manifest(world_tiny) if "/files/" in f["path"] and f["size"] > 0)
     with mounted(world_tiny, emulator.url, workdir, mount_opts={"request_timeout": 2.0}) as m:
         os.stat(m.path / f["path"])
         emulator.set_faults({"rules": [{"route": "enos.download", "kind": "latency",
