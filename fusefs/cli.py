@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--scale", default="demo", choices=["tiny", "demo", "bench"])
     d.set_defaults(func=cmd_demo)
 
-    e = sub.add_parser("emulator", help="run the cloud emulator (see docs/emulator.md)",
-                       add_help=False)
+    e = sub.add_parser(
+        "emulator", help="run the cloud emulator (see docs/emulator.md)", add_help=False
+    )
     e.set_defaults(func=None, passthrough=cmd_emulator)
     w = sub.add_parser("world", help="generate a world (see docs/world.md)", add_help=False)
     w.set_defaults(func=None, passthrough=cmd_world)
@@ -151,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if argv and argv[0] in ("emulator", "world"):
         args = argparse.Namespace()
-        return int(cmd_emulator(args, argv[1:]) if argv[0] == "emulator" else cmd_world(args, argv[1:]))
+        return int(
+            cmd_emulator(args, argv[1:]) if argv[0] == "emulator" else cmd_world(args, argv[1:])
+        )
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -63,33 +63,42 @@ def demo_config(
         roma_instances.append(f"{{ id = {_toml_str(inst['instanceId'])}, jobs = [{jobs}] }}")
     lines = [
         "# written by fusefs demo: the emulator's world, secrets in the environment",
-        "[mount]", *table(mount_opts), "",
-        "[cache]", *table(cache_opts), "",
+        "[mount]",
+        *table(mount_opts),
+        "",
+        "[cache]",
+        *table(cache_opts),
+        "",
         "[enos]",
         f"apigw_url = {_toml_str(base_url)}",
         f"app_key_env = {_toml_str(ENV_NAMES['enos_key'])}",
         f"app_secret_env = {_toml_str(ENV_NAMES['enos_secret'])}",
-        f"orgs = [{orgs}]", "",
+        f"orgs = [{orgs}]",
+        "",
         "[koodrive]",
         f"url = {_toml_str(base_url)}",
         'auth = "token"',
         f"token_env = {_toml_str(ENV_NAMES['koodrive_token'])}",
-        f"containers = [{', '.join(containers)}]", "",
+        f"containers = [{', '.join(containers)}]",
+        "",
         "[iam]",
         f"url = {_toml_str(base_url)}",
         f"user = {_toml_str(iam['user'])}",
         f"domain = {_toml_str(iam['domain'])}",
         f"project = {_toml_str(iam['project'])}",
-        f"password_env = {_toml_str(ENV_NAMES['iam_password'])}", "",
+        f"password_env = {_toml_str(ENV_NAMES['iam_password'])}",
+        "",
         "[iotda]",
         f"url = {_toml_str(base_url)}",
         f"project_id = {_toml_str(world['iotda']['projectId'])}",
         f"instance_id = {_toml_str(world['iotda']['instanceId'])}",
-        *table(iotda or {}), "",
+        *table(iotda or {}),
+        "",
         "[roma]",
         f"url = {_toml_str(base_url)}",
         f"project_id = {_toml_str(world['roma']['projectId'])}",
-        f"instances = [{', '.join(roma_instances)}]", "",
+        f"instances = [{', '.join(roma_instances)}]",
+        "",
     ]
     config_path.write_text("\n".join(lines))
     config_path.chmod(0o600)
@@ -102,18 +111,29 @@ def demo_config(
 
 
 @contextlib.contextmanager
-def running_emulator(world_dir: Path, workdir: Path, *, faults: Path | None = None,
-                     log: Path | None = None) -> Iterator[str]:
+def running_emulator(
+    world_dir: Path, workdir: Path, *, faults: Path | None = None, log: Path | None = None
+) -> Iterator[str]:
     """Start ``python -m fusefs.emulator`` on 127.0.0.1 (port 0); yield its base URL."""
     port_file = workdir / "emulator.port"
     port_file.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "fusefs.emulator", "--world", str(world_dir),
-            "--host", "127.0.0.1", "--port-file", str(port_file)]
+    argv = [
+        sys.executable,
+        "-m",
+        "fusefs.emulator",
+        "--world",
+        str(world_dir),
+        "--host",
+        "127.0.0.1",
+        "--port-file",
+        str(port_file),
+    ]
     if faults is not None:
         argv += ["--faults", str(faults)]
     out = open(log or workdir / "emulator.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -160,9 +180,21 @@ def run_demo(mountpoint: Path, workdir: Path, *, scale: str = "demo") -> int:
         log_path = workdir / "daemon.log"
         with open(log_path, "ab") as out:
             daemon = subprocess.Popen(
-                [sys.executable, "-m", "fusefs", "mount", "--foreground", "--config", str(config),
-                 str(mountpoint)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "fusefs",
+                    "mount",
+                    "--foreground",
+                    "--config",
+                    str(config),
+                    str(mountpoint),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=env,
+                start_new_session=True,
             )
         try:
             deadline = time.monotonic() + 30
@@ -172,9 +204,10 @@ def run_demo(mountpoint: Path, workdir: Path, *, scale: str = "demo") -> int:
                     return 1
                 time.sleep(0.05)
             rel = os.path.relpath(mountpoint)
-            print(f"""
+            print(
+                f"""
 fusefs demo: the emulator listens on {base_url}; its clouds are mounted at {mountpoint}
-  world:   {world_dir}   (expected view: {world_dir / 'expected'})
+  world:   {world_dir}   (expected view: {world_dir / "expected"})
   config:  {config}
   log:     {log_path}
 
@@ -182,11 +215,13 @@ Try, in another terminal:
   ls {rel}/enos {rel}/koodrive {rel}/iotda/exports {rel}/roma
   ls -l {rel}/koodrive/*/
   find {rel} -type f | head
-  diff -r {world_dir / 'expected'} {rel} && echo identical
+  diff -r {world_dir / "expected"} {rel} && echo identical
   getfattr -d {rel}/iotda/exports/*.zip | head
   unzip -l "$(ls {rel}/iotda/exports/*.zip | head -1)"
 
-Press Ctrl-C to unmount and stop.""", flush=True)
+Press Ctrl-C to unmount and stop.""",
+                flush=True,
+            )
             with contextlib.suppress(KeyboardInterrupt):
                 signal.pause() if daemon.poll() is None else None
                 while daemon.poll() is None:

@@ -12,7 +12,7 @@ import functools
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -33,7 +33,9 @@ T = TypeVar("T")
 _XATTR_PREFIX = "user.fusefs."
 
 
-def errno_boundary(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def errno_boundary(
+    fn: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
     @functools.wraps(fn)
     async def handler(*args: P.args, **kwargs: P.kwargs) -> T:
         self = args[0]
@@ -53,7 +55,9 @@ def errno_boundary(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         except trio.TooSlowError:
             log.warning(
                 "%s%r did not finish within request_timeout=%ss; answering EIO",
-                fn.__name__, args[1:3], self.request_timeout,
+                fn.__name__,
+                args[1:3],
+                self.request_timeout,
             )
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:  # never BaseException: trio.Cancelled must propagate
@@ -71,7 +75,7 @@ class _DirHandle:
         self.entries: list[tuple[str, Node]] | None = None
 
 
-class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
+class FuseOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
     enable_acl = False
@@ -129,7 +133,7 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
         await self.tree.resolve_size(node)
         return self._attrs(node)
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         try:
             self.tree.forget(inode_list)
         except Exception:
@@ -194,7 +198,9 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
 
     @errno_boundary
-    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+    async def read(  # type: ignore[override]  # pyfuse3 takes any buffer: no copy
+        self, fh: int, off: int, size: int
+    ) -> bytes | memoryview:
         try:
             node, reader = self._files[fh]
         except KeyError:
@@ -264,10 +270,11 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
         return s
 
     @errno_boundary
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> None:
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         if mode & os.W_OK:
             raise errors.ReadOnly("write access on a read-only mount")
         self.tree.node(inode)
+        return True
 
 
 __all__ = ["ROOT_INO", "FuseOperations"]

@@ -47,8 +47,12 @@ def presigned_url(base: str, world: Path, container: str, file_id: str) -> str:
     import httpx
 
     token = json.loads((world / "world.json").read_text())["credentials"]["koodrive"]["token"]
-    r = httpx.post(f"{base}/koodrive/ose/v1/files/download", headers={"Authorization": token},
-                   json={"containerId": container, "fileIds": [file_id]}, timeout=30)
+    r = httpx.post(
+        f"{base}/koodrive/ose/v1/files/download",
+        headers={"Authorization": token},
+        json={"containerId": container, "fileIds": [file_id]},
+        timeout=30,
+    )
     r.raise_for_status()
     return str(r.json()["downloads"][0]["url"])
 
@@ -75,8 +79,12 @@ def main() -> int:
         d = os.path.dirname(f["path"])
         dirs[d] = dirs.get(d, 0) + 1
     wide = max(dirs, key=lambda d: dirs[d])
-    results: dict[str, object] = {"big_file": big["path"], "big_size": big["size"],
-                                  "wide_dir": wide, "wide_entries": dirs[wide]}
+    results: dict[str, object] = {
+        "big_file": big["path"],
+        "big_size": big["size"],
+        "wide_dir": wide,
+        "wide_entries": dirs[wide],
+    }
     mb = big["size"] / 1e6
 
     with running_emulator(world, work) as base:
@@ -96,12 +104,23 @@ def main() -> int:
         mnt = work / "mnt"
         mnt.mkdir(exist_ok=True)
         cfg = work / "bench.toml"
-        env = {**os.environ, **demo_config(world, base, cache, cfg,
-                                           cache={"max_size": "8GiB"})}
+        env = {**os.environ, **demo_config(world, base, cache, cfg, cache={"max_size": "8GiB"})}
         log = open(work / "daemon.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "fusefs", "mount", "--foreground",
-                                 "--config", str(cfg), str(mnt)], env=env,
-                                stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fusefs",
+                "mount",
+                "--foreground",
+                "--config",
+                str(cfg),
+                str(mnt),
+            ],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
         try:
             wait_for_mount(proc, mnt, work / "daemon.log")
             t0 = time.perf_counter()
@@ -121,9 +140,21 @@ def main() -> int:
             unmount(proc, mnt)
             log.close()
         # a new daemon over the same cache: re-read from the disk cache, no network
-        proc = subprocess.Popen([sys.executable, "-m", "fusefs", "mount", "--foreground",
-                                 "--config", str(cfg), str(mnt)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fusefs",
+                "mount",
+                "--foreground",
+                "--config",
+                str(cfg),
+                str(mnt),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_for_mount(proc, mnt, work / "daemon.log")
             results["mount_disk_cache_MBps"] = round(mb / timed(["cat", str(mnt / big["path"])]))
@@ -132,7 +163,8 @@ def main() -> int:
 
     results["cold_vs_curl"] = round(results["mount_cold_MBps"] / results["curl_MBps"], 2)  # type: ignore[operator]
     results["warm_vs_local_cat"] = round(
-        results["mount_warm_MBps"] / results["local_cat_MBps"], 2  # type: ignore[operator]
+        results["mount_warm_MBps"] / results["local_cat_MBps"],
+        2,  # type: ignore[operator]
     )
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)

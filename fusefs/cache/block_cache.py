@@ -166,7 +166,9 @@ class BlockCache:
             if meta is None:
                 self.store.save_meta(
                     oid,
-                    ObjectMeta(ref.provider, ref.key, ref.version, size, pinned, False, caps.one_shot),
+                    ObjectMeta(
+                        ref.provider, ref.key, ref.version, size, pinned, False, caps.one_shot
+                    ),
                 )
         return obj
 
@@ -269,7 +271,9 @@ class BlockCache:
                 run_end += 1
             for j in range(i, run_end + 1):
                 self._inflight[(obj.oid, j)] = trio.Event()
-            self._spawn(self._fetch_range, obj, i, run_end, name=f"fetch {obj.ref.key}[{i}:{run_end}]")
+            self._spawn(
+                self._fetch_range, obj, i, run_end, name=f"fetch {obj.ref.key}[{i}:{run_end}]"
+            )
             i = run_end + 1
 
     def first_missing(self, obj: CachedObject, first: int, last: int) -> int | None:
@@ -337,6 +341,7 @@ class BlockCache:
         wf = self._whole.get(obj.oid)
         failed = wf is not None and wf.done.is_set() and wf.error is not None
         if failed and obj.provider.capabilities.one_shot:
+            assert wf is not None
             return wf  # a one-shot source that failed once can never be fetched again
         if wf is None or failed:
             wf = _WholeFetch()

@@ -2,7 +2,7 @@
 
 ::
 
-    <root>/v1/objects/<oid[:2]>/<oid>/meta.json        ObjectMeta (provider, key, version, size, ...)
+    <root>/v1/objects/<oid[:2]>/<oid>/meta.json      ObjectMeta (provider, key, version, size, ...)
     <root>/v1/objects/<oid[:2]>/<oid>/b<bs>/<index>    one block: 24-byte header + data
 
 ``oid`` = sha256(provider NUL key NUL version)[:32], so a new version never shares a block file with
@@ -238,4 +238,3 @@ class BlockStore:
             "max_bytes": self.max_bytes,
             "corrupt_blocks": self.corrupt_blocks,
         }
-

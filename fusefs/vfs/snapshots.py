@@ -36,9 +36,7 @@ class ListingStore:
             data = {
                 "key": key,
                 "saved_at": time.time(),
-                "entries": [
-                    {**dataclasses.asdict(e), "kind": e.kind.value} for e in entries
-                ],
+                "entries": [{**dataclasses.asdict(e), "kind": e.kind.value} for e in entries],
             }
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(data, ensure_ascii=True))
@@ -52,9 +50,7 @@ class ListingStore:
             data = json.loads(path.read_text())
             if data.get("key") != key:
                 return None
-            entries = [
-                RemoteEntry(**{**e, "kind": EntryKind(e["kind"])}) for e in data["entries"]
-            ]
+            entries = [RemoteEntry(**{**e, "kind": EntryKind(e["kind"])}) for e in data["entries"]]
             return float(data["saved_at"]), entries
         except FileNotFoundError:
             return None

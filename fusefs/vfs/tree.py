@@ -118,7 +118,9 @@ class VirtualTree:
         now_ns = time.time_ns()
         for p in providers:
             ino = self._new_ino()
-            node = Node(ino, ROOT_INO, p.name, EntryKind.DIR, p, "", mtime_ns=now_ns, ctime_ns=now_ns)
+            node = Node(
+                ino, ROOT_INO, p.name, EntryKind.DIR, p, "", mtime_ns=now_ns, ctime_ns=now_ns
+            )
             self.nodes[ino] = node
             root.children[p.name] = ino
             root.order.append(p.name)
@@ -167,15 +169,23 @@ class VirtualTree:
             entries = await provider.list_dir(node.key)
         except ProviderError as exc:
             if node.children is not None:
-                log.warning("%s failed (%s); serving the listing from %.0f s ago", what, exc,
-                            self.clock() - node.listed_at)
+                log.warning(
+                    "%s failed (%s); serving the listing from %.0f s ago",
+                    what,
+                    exc,
+                    self.clock() - node.listed_at,
+                )
                 self._retry_soon(node)
                 return
             saved = self.snapshots.load(provider.name, node.key) if self.snapshots else None
             if saved is None:
                 raise to_fs_error(exc, what) from exc
-            log.warning("%s failed (%s); serving the listing saved %s (offline)", what, exc,
-                        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved[0])))
+            log.warning(
+                "%s failed (%s); serving the listing saved %s (offline)",
+                what,
+                exc,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved[0])),
+            )
             self._apply_listing(node, saved[1])
             self._retry_soon(node)
             return
@@ -202,8 +212,9 @@ class VirtualTree:
         for old in previous:
             if old is None or old.remote_id in listed or old.kind is not EntryKind.FILE:
                 continue
-            obj = self.cache.object(node.provider, ObjectRef(node.provider.name, old.key,
-                                                             old.version, old.size))
+            obj = self.cache.object(
+                node.provider, ObjectRef(node.provider.name, old.key, old.version, old.size)
+            )
             if self.cache.is_complete(obj):
                 kept.append(old)
         return kept
@@ -215,8 +226,10 @@ class VirtualTree:
         for name, entry in zip(names, entries, strict=True):
             ino = old.get(name)
             child = self.nodes.get(ino) if ino is not None else None
-            if child is not None and child.entry is not None and (
-                child.entry.remote_id != entry.remote_id or child.kind is not entry.kind
+            if (
+                child is not None
+                and child.entry is not None
+                and (child.entry.remote_id != entry.remote_id or child.kind is not entry.kind)
             ):
                 child.detached = True
                 child = None

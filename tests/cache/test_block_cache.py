@@ -19,8 +19,14 @@ BS = 64 * 1024
 
 @pytest.fixture
 async def cache(tmp_path: Path) -> AsyncIterator[BlockCache]:
-    c = BlockCache(tmp_path / "cache", block_size=BS, max_bytes=64 * BS, min_free_ratio=0,
-                   memory_budget=32 * BS, max_request=16 * BS)
+    c = BlockCache(
+        tmp_path / "cache",
+        block_size=BS,
+        max_bytes=64 * BS,
+        min_free_ratio=0,
+        memory_budget=32 * BS,
+        max_request=16 * BS,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(c.run)
         yield c
@@ -93,8 +99,10 @@ async def test_corrupt_block_is_refetched_never_served(cache: BlockCache, tmp_pa
 
 async def test_cap_holds_and_pinned_objects_are_exempt(cache: BlockCache) -> None:
     p = FakeProvider()
-    one = FakeProvider(name="oneshot", capabilities=Capabilities(
-        ranged_reads=False, size_known=False, one_shot=True))
+    one = FakeProvider(
+        name="oneshot",
+        capabilities=Capabilities(ranged_reads=False, size_known=False, one_shot=True),
+    )
     pinned_ref = one.add("archive", 20 * BS)
     pobj = cache.object(one, pinned_ref)
     assert await cache.wait_whole(pobj) == 20 * BS
@@ -109,8 +117,11 @@ async def test_cap_holds_and_pinned_objects_are_exempt(cache: BlockCache) -> Non
 
 
 async def test_whole_object_cut_midway_leaves_nothing(cache: BlockCache) -> None:
-    one = FakeProvider(name="oneshot", capabilities=Capabilities(
-        ranged_reads=False, size_known=False, one_shot=True), fail_after=3 * BS)
+    one = FakeProvider(
+        name="oneshot",
+        capabilities=Capabilities(ranged_reads=False, size_known=False, one_shot=True),
+        fail_after=3 * BS,
+    )
     ref = one.add("archive", 10 * BS)
     obj = cache.object(one, ref)
     with pytest.raises(ProtocolError):

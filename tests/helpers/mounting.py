@@ -17,7 +17,6 @@ from typing import Any
 
 from fusefs.demo import demo_config
 
-
 # Tests shorten IoTDA's 1-download-per-30-s rule (emulator and client alike) to keep runs short;
 # the rule itself is tested with its own window.
 FAST_IOTDA_WINDOW = 0.3
@@ -92,7 +91,9 @@ class Mount:
         return self.log.read_text(errors="replace")
 
 
-def wait_for_mount(proc: subprocess.Popen[bytes], mnt: Path, log: Path, timeout: float = 20) -> None:
+def wait_for_mount(
+    proc: subprocess.Popen[bytes], mnt: Path, log: Path, timeout: float = 20
+) -> None:
     deadline = time.monotonic() + timeout
     while not os.path.ismount(mnt):
         if proc.poll() is not None:
@@ -132,9 +133,18 @@ def mounted(
         ),
     }
     log = workdir / f"{name}.log"
-    out = open(log, "ab")  # noqa: SIM115
+    out = open(log, "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fusefs", "mount", "--foreground", "--config", str(config), str(mnt)],
+        [
+            sys.executable,
+            "-m",
+            "fusefs",
+            "mount",
+            "--foreground",
+            "--config",
+            str(config),
+            str(mnt),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=out,
         stderr=out,

@@ -16,7 +16,10 @@ from tests.helpers.mounting import Emulator, mounted
 def fusefs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fusefs", *args],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
 
 
@@ -29,17 +32,28 @@ def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_missing_mountpoint(world_tiny: Path, workdir: Path) -> None:
-    env = {**os.environ, **demo_config(world_tiny, "http://127.0.0.1:9", workdir / "c",
-                                       workdir / "c.toml")}
-    msg = one_line_error(fusefs("mount", "--foreground", "--config", str(workdir / "c.toml"),
-                                str(workdir / "nope"), env=env))
+    env = {
+        **os.environ,
+        **demo_config(world_tiny, "http://127.0.0.1:9", workdir / "c", workdir / "c.toml"),
+    }
+    msg = one_line_error(
+        fusefs(
+            "mount",
+            "--foreground",
+            "--config",
+            str(workdir / "c.toml"),
+            str(workdir / "nope"),
+            env=env,
+        )
+    )
     assert "does not exist" in msg
 
 
 def test_missing_config_and_bad_config(workdir: Path) -> None:
     (workdir / "mnt").mkdir()
-    msg = one_line_error(fusefs("mount", "--config", str(workdir / "none.toml"),
-                                str(workdir / "mnt")))
+    msg = one_line_error(
+        fusefs("mount", "--config", str(workdir / "none.toml"), str(workdir / "mnt"))
+    )
     assert "none.toml" in msg
     bad = workdir / "bad.toml"
     bad.write_text("[mount]\ndir_ttl = 0\n")
@@ -57,8 +71,9 @@ def test_missing_secret_names_the_variable(world_tiny: Path, workdir: Path) -> N
     env.update(secrets)
     del env["FUSEFS_IAM_PASSWORD"]
     (workdir / "mnt").mkdir()
-    msg = one_line_error(fusefs("mount", "--config", str(workdir / "c.toml"),
-                                str(workdir / "mnt"), env=env))
+    msg = one_line_error(
+        fusefs("mount", "--config", str(workdir / "c.toml"), str(workdir / "mnt"), env=env)
+    )
     assert "FUSEFS_IAM_PASSWORD" in msg
     # the secrets never appear in what the user sees
     for value in secrets.values():

@@ -83,8 +83,14 @@ def test_tools_read_the_worlds_bytes(world_tiny: Path, emulator: Emulator, workd
         assert r.stdout == src[-5000:]
         skip = len(src) // 4096 // 2
         r = subprocess.run(
-            ["dd", f"if={m.path / big['path']}", "bs=4096", f"skip={skip}", "count=3",
-             "status=none"],
+            [
+                "dd",
+                f"if={m.path / big['path']}",
+                "bs=4096",
+                f"skip={skip}",
+                "count=3",
+                "status=none",
+            ],
             capture_output=True,
         )
         assert r.stdout == src[skip * 4096 : skip * 4096 + 3 * 4096]
@@ -179,8 +185,9 @@ def test_token_expiry_is_invisible(world_tiny: Path, emulator: Emulator, workdir
 
 
 def test_presigned_url_expiry_mid_read(world_tiny: Path, emulator: Emulator, workdir: Path) -> None:
-    big = max((f for f in manifest(world_tiny) if f["provider"] == "koodrive"),
-              key=lambda f: f["size"])
+    big = max(
+        (f for f in manifest(world_tiny) if f["provider"] == "koodrive"), key=lambda f: f["size"]
+    )
     assert big["size"] >= 4 << 20
     src = (world_tiny / "expected" / big["path"]).read_bytes()
     # links live 1 s; the reader pauses longer than that in the middle of the file

@@ -69,8 +69,9 @@ def test_roma_download_cut_midway_is_eio_never_partial(
     archives = [f for f in manifest(world_tiny) if f["provider"] == "roma" and f["size"] > 200]
     assert archives
     f = archives[0]
-    emulator.set_faults({"rules": [{"route": "roma.download", "kind": "reset",
-                                    "after_bytes": 100, "count": 1}]})
+    emulator.set_faults(
+        {"rules": [{"route": "roma.download", "kind": "reset", "after_bytes": 100, "count": 1}]}
+    )
     with mounted(world_tiny, emulator.url, workdir) as m:
         p = m.path / f["path"]
         for _ in range(2):  # the second attempt must not serve a partial archive either

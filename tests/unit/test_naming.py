@@ -6,8 +6,17 @@ from fusefs.naming import map_names
 
 
 def test_escapes_and_reserved() -> None:
-    names = map_names([("a/b", "1"), ("nul\0x", "2"), (".", "3"), ("..", "4"), ("", "5"),
-                       ("50%", "6"), ("发票1.pdf", "7")])
+    names = map_names(
+        [
+            ("a/b", "1"),
+            ("nul\0x", "2"),
+            (".", "3"),
+            ("..", "4"),
+            ("", "5"),
+            ("50%", "6"),
+            ("发票1.pdf", "7"),
+        ]
+    )
     assert names == ["a%2Fb", "nul%00x", "%2E", "%2E%2E", "%", "50%25", "发票1.pdf"]
 
 
@@ -32,8 +41,10 @@ def test_properties_on_random_names() -> None:
     rng = random.Random(3)
     alphabet = ["a", "/", "\0", ".", "%", "测", "é", " ", "~", "\udc80"]
     for _ in range(200):
-        entries = [("".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 300))), f"id{i}")
-                   for i in range(rng.randrange(1, 12))]
+        entries = [
+            ("".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 300))), f"id{i}")
+            for i in range(rng.randrange(1, 12))
+        ]
         entries += entries[: rng.randrange(0, 3)]  # duplicates (same id too)
         entries = [(n, f"{i}-{d}") for i, (n, d) in enumerate(entries)]
         out = map_names(entries)
