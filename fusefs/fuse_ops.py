@@ -24,6 +24,8 @@ from fusefs.providers.base import EntryKind, ProviderError
 from fusefs.vfs.tree import ROOT_INO, Node, VirtualTree, to_fs_error
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from fusefs.cache.block_cache import BlockCache
 
 log = logging.getLogger(__name__)
@@ -80,8 +82,16 @@ class FuseOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: VirtualTree, cache: BlockCache, *, request_timeout: float) -> None:
+    def __init__(
+        self,
+        tree: VirtualTree,
+        cache: BlockCache,
+        *,
+        request_timeout: float,
+        control_path: Path | None = None,
+    ) -> None:
         super().__init__()
+        self.control_path = control_path
         self.tree = tree
         self.cache = cache
         self.request_timeout = request_timeout
@@ -215,6 +225,8 @@ class FuseOperations(pyfuse3.Operations):
 
     # -- xattrs ------------------------------------------------------------------------------
     def _xattrs(self, node: Node) -> dict[str, str]:
+        if node.ino == ROOT_INO and self.control_path is not None:
+            return {"control": str(self.control_path)}
         if node.provider is None or node.entry is None:
             return {}
         e = node.entry

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from fusefs.cache.store import BlockStore, ObjectMeta, object_id
+from fusefs.cache.store import BlockKey, BlockStore, ObjectMeta, object_id
 from fusefs.providers.base import ObjectRef, ProtocolError, ProviderError
 
 if TYPE_CHECKING:
@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BlockKey = tuple[str, int]
+# Blocks are written to disk by this many worker threads at once, off the event loop.
+WRITERS = 2
+WRITE_BATCH = 16
 
 
 class _Assembler:
@@ -93,7 +95,6 @@ class CachedObject:
     oid: str
     size: int | None
     pinned: bool
-    present: set[int] = field(default_factory=set)  # blocks known to be on disk or in memory
 
     @property
     def whole_only(self) -> bool:
@@ -136,6 +137,12 @@ class BlockCache:
         self._failed: dict[BlockKey, BaseException] = {}
         self._whole: dict[str, _WholeFetch] = {}
         self._objects: dict[str, CachedObject] = {}
+        # blocks already served from memory whose file is still being written, in a thread
+        self._pending: dict[BlockKey, bytes] = {}
+        self._discarded: set[str] = set()  # objects whose queued writes must be dropped
+        self._write_send, self._write_recv = trio.open_memory_channel[
+            tuple["CachedObject", int, bytes]
+        ](32)
         self._nursery: trio.Nursery | None = None
         self.counters = CacheCounters()
 
@@ -143,10 +150,79 @@ class BlockCache:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Scan the store, then host the fetch tasks until cancelled."""
         await trio.to_thread.run_sync(self.store.scan)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for i in range(WRITERS):
+                    nursery.start_soon(self._writer, name=f"cache-writer-{i}")
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._drain_writes()
+
+    def _drain_writes(self) -> None:
+        """At shutdown: write what is still queued, so an unmount keeps every fetched block."""
+        while True:
+            try:
+                obj, index, data = self._write_recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            if obj.oid in self._discarded:
+                continue
+            try:
+                self.store.store(obj.oid, index, data, pinned=obj.pinned)
+            except OSError as exc:
+                log.warning("could not write cache block %s/%d: %s", obj.ref.key, index, exc)
+
+    async def _writer(self) -> None:
+        """Writes queued blocks to disk in a worker thread (``WRITERS`` of these run at once).
+
+        Blocks are taken in batches, one thread hand-off per batch: a hand-off costs about as
+        much as writing a block. The channel is bounded: when the disk is slower than the
+        network, fetches wait on it, which bounds the memory held by blocks not yet written.
+        """
+        while True:
+            try:
+                batch = [await self._write_recv.receive()]
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            while len(batch) < WRITE_BATCH:
+                try:
+                    batch.append(self._write_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            todo = [item for item in batch if item[0].oid not in self._discarded]
+            try:
+                results = await trio.to_thread.run_sync(self._write_batch, todo)
+                for (obj, index, _data), result in zip(todo, results, strict=True):
+                    if isinstance(result, OSError):
+                        log.warning(
+                            "could not write cache block %s/%d: %s", obj.ref.key, index, result
+                        )
+                    elif obj.oid not in self._discarded:
+                        self.store.commit(obj.oid, index, *result, pinned=obj.pinned)
+            finally:
+                for obj, index, data in batch:
+                    key = (obj.oid, index)
+                    if self._pending.get(key) is data:
+                        del self._pending[key]
+
+    def _write_batch(
+        self, batch: list[tuple[CachedObject, int, bytes]]
+    ) -> list[tuple[int, int] | OSError]:
+        """In a worker thread: write each block, collecting errors instead of raising."""
+        out: list[tuple[int, int] | OSError] = []
+        for obj, index, data in batch:
+            try:
+                out.append(self.store.write_block(obj.oid, index, data))
+            except OSError as exc:
+                out.append(exc)
+        return out
+
+    async def flush(self, oid: str) -> None:
+        """Wait until every queued block of an object is on disk."""
+        while any(k[0] == oid for k in self._pending):
+            await trio.sleep(0.005)
 
     def _spawn(self, fn: Callable[..., object], *args: object, name: str) -> None:
         assert self._nursery is not None, "BlockCache.run() is not running"
@@ -195,12 +271,8 @@ class BlockCache:
 
     # -- block access ------------------------------------------------------------------------
     def _has(self, obj: CachedObject, index: int) -> bool:
-        if index in obj.present or (obj.oid, index) in self._mem:
-            return True
-        if self.store.has(obj.oid, index):
-            obj.present.add(index)
-            return True
-        return False
+        key = (obj.oid, index)
+        return key in self._mem or key in self._pending or self.store.has(obj.oid, index)
 
     def _remember(self, key: BlockKey, data: bytes) -> None:
         old = self._mem.pop(key, None)
@@ -218,11 +290,14 @@ class BlockCache:
         if data is not None:
             self._mem.move_to_end(key)
             return data
+        data = self._pending.get(key)
+        if data is not None:
+            return data
+        if not self.store.has(obj.oid, index):
+            return None
         data = self.store.load(obj.oid, index)
         if data is None:
-            obj.present.discard(index)
             return None
-        obj.present.add(index)
         self._remember(key, data)
         return data
 
@@ -282,17 +357,15 @@ class BlockCache:
                 return i
         return None
 
-    def _finish_block(self, obj: CachedObject, index: int, data: bytes) -> None:
+    async def _finish_block(self, obj: CachedObject, index: int, data: bytes) -> None:
+        """Serve a downloaded block at once from memory; queue it for the disk."""
         key = (obj.oid, index)
         self._remember(key, data)
-        try:
-            self.store.store(obj.oid, index, data, pinned=obj.pinned)
-            obj.present.add(index)
-        except OSError as exc:
-            log.warning("could not write cache block %s/%d: %s", obj.ref.key, index, exc)
+        self._pending[key] = data
         ev = self._inflight.pop(key, None)
         if ev is not None:
             ev.set()
+        await self._write_send.send((obj, index, data))
 
     def _fail_blocks(self, obj: CachedObject, first: int, last: int, exc: BaseException) -> None:
         for j in range(first, last + 1):
@@ -307,7 +380,9 @@ class BlockCache:
         bs = self.block_size
         offset = first * bs
         length = min(obj.size, (last + 1) * bs) - offset
+        t_req = trio.current_time()
         reserved = await self.budget.acquire(length)
+        t_got = trio.current_time()
         index = first
         try:
             self.counters.fetches += 1
@@ -320,13 +395,22 @@ class BlockCache:
                         want = min(bs, obj.size - index * bs)
                         if asm.have < want:
                             break
-                        self._finish_block(obj, index, asm.take(want))
+                        await self._finish_block(obj, index, asm.take(want))
                         index += 1
             if index <= last:
                 raise ProtocolError(
                     f"short body: got {(index - first) * bs + asm.have} of {length} bytes",
                     call="download",
                 )
+            log.debug(
+                "fetched %s [%d:%d] %d bytes: budget wait %.3fs, transfer %.3fs",
+                obj.ref.key,
+                first,
+                last,
+                length,
+                t_got - t_req,
+                trio.current_time() - t_got,
+            )
         except (ProviderError, OSError) as exc:
             log.warning("fetch of %s blocks %d-%d failed: %s", obj.ref.key, index, last, exc)
             self._fail_blocks(obj, index, last, exc)
@@ -375,14 +459,15 @@ class BlockCache:
                     self.counters.fetched_bytes += len(chunk)
                     asm.add(chunk)
                     while asm.have >= bs:
-                        self._finish_block(obj, index, asm.take(bs))
+                        await self._finish_block(obj, index, asm.take(bs))
                         index += 1
             if asm.have:
-                self._finish_block(obj, index, asm.take(asm.have))
+                await self._finish_block(obj, index, asm.take(asm.have))
                 index += 1
             if obj.ref.size is not None and total != obj.ref.size:
                 raise ProtocolError(f"size {total} differs from listed {obj.ref.size}")
             obj.size = total
+            await self.flush(obj.oid)
             self.store.save_meta(
                 obj.oid,
                 ObjectMeta(
@@ -398,8 +483,10 @@ class BlockCache:
             log.info("cached %s whole: %d bytes", obj.ref.key, total)
         except ProviderError as exc:
             # never keep a partial whole object: it must not be served as if complete
+            self._discarded.add(obj.oid)
+            await self.flush(obj.oid)
+            self._discarded.discard(obj.oid)
             for i in range(index):
-                obj.present.discard(i)
                 dropped = self._mem.pop((obj.oid, i), None)
                 if dropped is not None:
                     self._mem_bytes -= len(dropped)
@@ -411,7 +498,43 @@ class BlockCache:
         finally:
             wf.done.set()
 
-    # -- pinning / stats ---------------------------------------------------------------------
+    # -- operator controls -------------------------------------------------------------------
+    def set_pinned(self, obj: CachedObject, pinned: bool) -> None:
+        if obj.provider.capabilities.one_shot:
+            return  # always pinned
+        obj.pinned = pinned
+        self.store.set_pinned(obj.oid, pinned)
+
+    def drop_object(self, obj: CachedObject) -> int:
+        for key in [k for k in self._mem if k[0] == obj.oid]:
+            self._mem_bytes -= len(self._mem.pop(key))
+        return self.store.drop_object(obj.oid)
+
+    def drop_block(self, oid: str, index: int) -> None:
+        key = (oid, index)
+        dropped = self._mem.pop(key, None)
+        if dropped is not None:
+            self._mem_bytes -= len(dropped)
+        self.store.drop_block(oid, index)
+
+    def forget_memory(self) -> None:
+        self._mem.clear()
+        self._mem_bytes = 0
+
+    async def fetch_all(self, obj: CachedObject) -> None:
+        """Make every block of the object present (prefetch / pin)."""
+        if obj.whole_only or obj.size is None:
+            await self.wait_whole(obj)
+            return
+        n = self.nblocks(obj)
+        step = self.max_request_blocks
+        for first in range(0, n, step):
+            last = min(n, first + step) - 1
+            self.prefetch(obj, first, last)
+            for i in range(first, last + 1):
+                await self.get_block(obj, i)
+
+    # -- stats -------------------------------------------------------------------------------
     def statistics(self) -> dict[str, int]:
         out = dict(self.store.stats())
         out.update(

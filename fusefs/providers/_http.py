@@ -277,7 +277,8 @@ async def stream_range(
                             f"object is now {total} bytes, was listed with {expected_size}",
                             call=call,
                         )
-                    body: AsyncIterator[bytes] = resp.aiter_bytes(chunk_size)
+                    # chunks as they come off the socket: no re-chunking copy in httpx
+                    body: AsyncIterator[bytes] = resp.aiter_bytes()
                     if json_error is not None and is_json(resp):
                         # an API error envelope served with 200 (EnOS): read it and look
                         await resp.aread()
