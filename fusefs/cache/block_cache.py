@@ -140,6 +140,7 @@ class BlockCache:
         # blocks already served from memory whose file is still being written, in a thread
         self._pending: dict[BlockKey, bytes] = {}
         self._discarded: set[str] = set()  # objects whose queued writes must be dropped
+        self._written = trio.Event()  # set (and replaced) after every written batch
         self._write_send, self._write_recv = trio.open_memory_channel[
             tuple["CachedObject", int, bytes]
         ](32)
@@ -206,6 +207,8 @@ class BlockCache:
                     key = (obj.oid, index)
                     if self._pending.get(key) is data:
                         del self._pending[key]
+                written, self._written = self._written, trio.Event()
+                written.set()
 
     def _write_batch(
         self, batch: list[tuple[CachedObject, int, bytes]]
@@ -222,7 +225,7 @@ class BlockCache:
     async def flush(self, oid: str) -> None:
         """Wait until every queued block of an object is on disk."""
         while any(k[0] == oid for k in self._pending):
-            await trio.sleep(0.005)  # noqa: ASYNC110  (a rare call: whole-object end)
+            await self._written.wait()
 
     def _spawn(self, fn: Callable[..., object], *args: object, name: str) -> None:
         assert self._nursery is not None, "BlockCache.run() is not running"
