@@ -58,6 +58,7 @@ class MountOptions:
     request_timeout: float = 60.0
     dir_ttl: float = 60.0
     log_level: str = "info"
+    xattrs: bool = True  # user.fusefs.* attributes; false: ls -l never asks the daemon
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,14 @@ class _Section:
             raise self.err(key, f"must be a number > 0, got {v!r}")
         return float(v)
 
+    def bool_(self, key: str, default: bool) -> bool:
+        if key not in self.data:
+            return default
+        v = self.raw(key)
+        if not isinstance(v, bool):
+            raise self.err(key, f"must be true or false, got {_tname(v)}")
+        return v
+
     def size(self, key: str, default: int) -> int:
         if key not in self.data:
             return default
@@ -336,7 +345,7 @@ def _known(section: _Section, keys: set[str]) -> None:
 
 
 def _mount(s: _Section) -> MountOptions:
-    _known(s, {"request_timeout", "dir_ttl", "log_level"})
+    _known(s, {"request_timeout", "dir_ttl", "log_level", "xattrs"})
     level = (s.str_("log_level", "info") or "info").lower()
     if level not in LOG_LEVELS:
         raise s.err("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
@@ -344,6 +353,7 @@ def _mount(s: _Section) -> MountOptions:
         request_timeout=s.float_("request_timeout", 60.0),
         dir_ttl=s.float_("dir_ttl", 60.0),
         log_level=level,
+        xattrs=s.bool_("xattrs", True),
     )
 
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 _XATTR_PREFIX = "user.fusefs."
+_XATTR_PREFIX_B = _XATTR_PREFIX.encode()
 
 
 def errno_boundary(
@@ -89,9 +90,12 @@ class FuseOperations(pyfuse3.Operations):
         *,
         request_timeout: float,
         control_path: Path | None = None,
+        xattrs: bool = True,
     ) -> None:
         super().__init__()
         self.control_path = control_path
+        # ENOSYS makes the kernel stop sending getxattr for good: `ls -l` then costs nothing
+        self._no_xattr_errno = errno.ENODATA if xattrs else errno.ENOSYS
         self.tree = tree
         self.cache = cache
         self.request_timeout = request_timeout
@@ -255,12 +259,17 @@ class FuseOperations(pyfuse3.Operations):
         node = self.tree.node(inode)
         return [(_XATTR_PREFIX + k).encode() for k in self._xattrs(node)]
 
-    @errno_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        # `ls -l` asks every entry for security.selinux and system.posix_acl_access: answer
+        # those on the fast path, without the time limit and logging of errno_boundary
+        if not name.startswith(_XATTR_PREFIX_B) or self._no_xattr_errno == errno.ENOSYS:
+            raise pyfuse3.FUSEError(self._no_xattr_errno)
+        return await self._getxattr(inode, name)
+
+    @errno_boundary
+    async def _getxattr(self, inode: int, name: bytes) -> bytes:
         node = self.tree.node(inode)
         key = os.fsdecode(name)
-        if not key.startswith(_XATTR_PREFIX):
-            raise errors.NoAttribute(key)
         value = self._xattrs(node).get(key[len(_XATTR_PREFIX) :])
         if value is None:
             raise errors.NoAttribute(key)

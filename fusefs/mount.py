@@ -126,7 +126,11 @@ async def run_mount(cfg: MountConfig, mountpoint: Path) -> None:
         )
         control = ControlServer(tree, cache, _control_path(Path(cfg.cache.dir), mountpoint))
         ops = FuseOperations(
-            tree, cache, request_timeout=cfg.mount.request_timeout, control_path=control.path
+            tree,
+            cache,
+            request_timeout=cfg.mount.request_timeout,
+            control_path=control.path,
+            xattrs=cfg.mount.xattrs,
         )
         options = set(pyfuse3.default_options)
         options |= {"fsname=fusefs", "subtype=fusefs", "ro", "noatime"}
