@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import shutil
@@ -52,7 +53,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from fusefs.mount import run_mount
 
     try:
-        trio.run(run_mount, cfg, mnt)
+        trio.run(functools.partial(run_mount, cfg, mnt, offline=args.offline))
     except MountError as exc:
         return _fail(str(exc))
     except RuntimeError as exc:  # pyfuse3.init failures
@@ -68,6 +69,8 @@ def _spawn_background(args: argparse.Namespace, mnt: Path) -> int:
     argv = [sys.executable, "-m", "fusefs", "mount", "--foreground", "--config", args.config]
     if args.debug:
         argv.append("--debug")
+    if args.offline:
+        argv.append("--offline")
     argv.append(str(mnt))
     with open(logfile, "ab") as out:
         proc = subprocess.Popen(
@@ -99,6 +102,83 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     return unmount(Path(args.mountpoint))
 
 
+def _by_mount(paths: list[str]) -> tuple[Path, list[str]]:
+    from fusefs.control import find_mount
+
+    mounts = {find_mount(Path(p)) for p in paths}
+    roots = {m for m, _ in mounts}
+    if len(roots) != 1:
+        raise ValueError("give paths of one mount at a time")
+    return roots.pop(), [rel for _, rel in sorted(mounts)]
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from fusefs.control import find_mount, request
+
+    try:
+        mnt, rel = find_mount(Path(args.mountpoint))
+        if args.action == "stats":
+            (stats,) = list(request(mnt, {"op": "stats"}))
+            width = max(len(k) for k in stats)
+            for k, v in stats.items():
+                print(f"{k:<{width}}  {v}")
+        elif args.action == "verify":
+            (res,) = list(request(mnt, {"op": "verify"}))
+            print(f"checked {res['checked']} blocks, {res['bad']} corrupt (dropped)")
+            return 1 if res["bad"] else 0
+        else:
+            paths = [find_mount(Path(p))[1] for p in args.paths] if args.paths else []
+            if not args.paths and rel != ".":
+                paths = [rel]
+            (res,) = list(request(mnt, {"op": "clear", "paths": paths}))
+            print(f"freed {res['freed']} bytes")
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    """prefetch / pin / unpin PATH...: with a progress bar for the first two."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from fusefs.control import request
+
+    try:
+        mnt, rel = _by_mount(args.paths)
+        if args.op == "unpin":
+            (res,) = list(request(mnt, {"op": "unpin", "paths": rel}))
+            print(f"unpinned {res['unpinned']} files")
+            return 0
+        replies = request(mnt, {"op": args.op, "paths": rel})
+        head = next(replies)
+        total = int(head["total"])
+        t0 = time.monotonic()
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, transient=True) as progress:
+            task = progress.add_task(f"{args.op} {head['files']} files", total=total)
+            for reply in replies:
+                progress.update(task, completed=int(reply["done"]))
+        took = time.monotonic() - t0
+        verb = "pinned" if args.op == "pin" else "cached"
+        print(f"{verb} {head['files']} files, {total} bytes in {took:.1f} s")
+    except (ValueError, OSError, StopIteration) as exc:
+        return _fail(str(exc) or "the daemon ended the request")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fusefs.demo import run_demo
 
@@ -126,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--config", required=True, help="TOML config file (docs/configuration.md)")
     m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     m.add_argument("--debug", action="store_true", help="log every request")
+    m.add_argument(
+        "--offline",
+        action="store_true",
+        help="never contact the clouds: saved listings and cached bytes only",
+    )
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", help="unmount MOUNTPOINT")
@@ -137,6 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", default=".fusefs-demo", help="where the world and cache live")
     d.add_argument("--scale", default="demo", choices=["tiny", "demo", "bench"])
     d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("cache", help="cache statistics, verification and clearing (mounted)")
+    c.add_argument("action", choices=["stats", "verify", "clear"])
+    c.add_argument("mountpoint", help="the mount (or, for clear, a path inside it)")
+    c.add_argument("paths", nargs="*", help="clear: only these paths inside the mount")
+    c.set_defaults(func=cmd_cache)
+
+    for op, text in (
+        ("prefetch", "download PATHs into the cache (within its cap)"),
+        ("pin", "download PATHs and keep them: never evicted (offline use)"),
+        ("unpin", "let pinned PATHs be evicted again"),
+    ):
+        warm = sub.add_parser(op, help=text)
+        warm.add_argument("paths", nargs="+")
+        warm.set_defaults(func=cmd_warm, op=op)
 
     e = sub.add_parser(
         "emulator", help="run the cloud emulator (see docs/emulator.md)", add_help=False

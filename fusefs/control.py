@@ -3,7 +3,7 @@
 The mount is read-only, so setxattr cannot carry commands (s3ql's way); instead the daemon
 listens on a unix socket (mode 0600) whose path it publishes as the xattr ``user.fusefs.control``
 of the mount root. One request per connection: a JSON line ``{"op": ..., ...}``; the answer is a
-stream of JSON lines, the last of which has ``"done": true`` (or ``"error": "..."``).
+stream of JSON lines, the last of which is ``{"end": true}`` (or ``"error": "..."``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class ControlServer:
                 request = await _read_line(stream)
                 async for reply in self._dispatch(request):
                     await stream.send_all(json.dumps(reply).encode() + b"\n")
-                await stream.send_all(b'{"done": true}\n')
+                await stream.send_all(b'{"end": true}\n')
             except (errors.FsError, ProviderError, ValueError, KeyError) as exc:
                 log.warning("control request failed: %s", exc)
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -131,7 +131,6 @@ class ControlServer:
         for rel in paths:
             root = await self._resolve(rel)
             async for node, path in self._files(root, rel.rstrip("/")):
-                await self.tree.resolve_size(node) if node.size is not None else None
                 assert node.provider is not None
                 yield self.cache.object(node.provider, self.tree.ref(node)), path
 
@@ -210,7 +209,7 @@ def request(mountpoint: Path, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 reply = json.loads(line)
                 if "error" in reply:
                     raise ValueError(reply["error"])
-                if reply.get("done"):
+                if reply.get("end"):
                     return
                 yield reply
     raise ValueError("the daemon closed the control connection early")

@@ -115,7 +115,12 @@ def demo_config(
 
 @contextlib.contextmanager
 def running_emulator(
-    world_dir: Path, workdir: Path, *, faults: Path | None = None, log: Path | None = None
+    world_dir: Path,
+    workdir: Path,
+    *,
+    faults: Path | None = None,
+    log: Path | None = None,
+    port: int = 0,
 ) -> Iterator[str]:
     """Start ``python -m fusefs.emulator`` on 127.0.0.1 (port 0); yield its base URL."""
     port_file = workdir / "emulator.port"
@@ -131,6 +136,8 @@ def running_emulator(
         "--port-file",
         str(port_file),
     ]
+    if port:
+        argv += ["--port", str(port)]
     if faults is not None:
         argv += ["--faults", str(faults)]
     out = open(log or workdir / "emulator.log", "ab")  # noqa: SIM115

@@ -20,7 +20,7 @@ import trio
 
 from fusefs import errors
 from fusefs.cache.reader import FileReader
-from fusefs.providers.base import EntryKind, ProviderError
+from fusefs.providers.base import EntryKind, ObjectNotFound, ProviderError
 from fusefs.vfs.tree import ROOT_INO, Node, VirtualTree, to_fs_error
 
 if TYPE_CHECKING:
@@ -221,6 +221,8 @@ class FuseOperations(pyfuse3.Operations):
             raise errors.NotFound(f"file handle {fh}") from None
         try:
             return await reader.read(off, size)
+        except ObjectNotFound as exc:  # gone while open: this handle's version is no more
+            raise errors.Stale(f"reading {self.tree.describe(node)} at {off}: {exc}") from exc
         except ProviderError as exc:
             raise to_fs_error(exc, f"reading {self.tree.describe(node)} at {off}") from exc
 
@@ -251,6 +253,8 @@ class FuseOperations(pyfuse3.Operations):
                 "100" if size == 0 else ("0" if not size else str(cached * 100 // size))
             )
             out["pinned"] = "1" if obj.pinned else "0"
+            out["size_known"] = "1" if node.size is not None else "0"
+            out.update(node.provider.describe(obj.ref))
         out.update(e.extra)
         return out
 

@@ -17,12 +17,14 @@ import trio
 from fusefs.cache.block_cache import BlockCache
 from fusefs.control import ControlServer
 from fusefs.fuse_ops import FuseOperations
+from fusefs.providers.offline import OfflineProvider
 from fusefs.providers.registry import build_providers
 from fusefs.vfs.snapshots import ListingStore
 from fusefs.vfs.tree import VirtualTree
 
 if TYPE_CHECKING:
     from fusefs.config import MountConfig
+    from fusefs.providers.base import Provider
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +106,14 @@ def make_http_client() -> httpx.AsyncClient:
     )
 
 
-async def run_mount(cfg: MountConfig, mountpoint: Path) -> None:
+async def run_mount(cfg: MountConfig, mountpoint: Path, *, offline: bool = False) -> None:
     check_mountpoint(mountpoint)
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(make_http_client())
-        providers = build_providers(cfg, client)
+        providers: list[Provider] = list(build_providers(cfg, client))
+        if offline:
+            log.warning("offline mode: serving saved listings and cached bytes only")
+            providers = [OfflineProvider(p) for p in providers]
         for p in providers:
             stack.push_async_callback(p.aclose)
         cache = BlockCache(

@@ -79,6 +79,10 @@ class Provider(Protocol):
         """
         ...
 
+    def describe(self, ref: ObjectRef) -> dict[str, str]:
+        """Live per-object state for ``user.fusefs.*`` xattrs (e.g. a download link's expiry)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

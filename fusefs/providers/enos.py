@@ -264,6 +264,9 @@ class EnosProvider:
     def __repr__(self) -> str:
         return f"EnosProvider(apigw={self._apigw!r}, orgs={self._orgs!r})"
 
+    def describe(self, ref: ObjectRef) -> dict[str, str]:
+        return {}
+
     async def aclose(self) -> None:
         pass
 

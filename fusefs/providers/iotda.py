@@ -116,6 +116,9 @@ class IotdaProvider:
     def __repr__(self) -> str:
         return f"IotdaProvider(url={self._url!r}, project_id={self._project_id!r})"
 
+    def describe(self, ref: ObjectRef) -> dict[str, str]:
+        return {}
+
     async def aclose(self) -> None:
         pass
 

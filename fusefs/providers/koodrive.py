@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -91,6 +92,20 @@ def classify_code(code: int, msg: str, call: str, status: int = 200) -> Provider
     if code in TRANSIENT_CODES or status >= 500:
         return TransientError(text, call=call)
     return ProtocolError(text, call=call)
+
+
+def _link_expiry(url: str) -> float | None:
+    """Wall-clock expiry of a presigned URL: X-Amz-Date + X-Amz-Expires."""
+    q = parse_qs(urlsplit(url).query)
+    try:
+        start = datetime.strptime(q["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        return start.timestamp() + int(q["X-Amz-Expires"][0])
+    except (KeyError, ValueError, IndexError):
+        return None
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def link_refresh_at(url: str, fetched_at: float) -> float:
@@ -297,6 +312,16 @@ class KoodriveProvider:
         mode = "app" if self._signer else "token"
         cids = list(self._containers)
         return f"KoodriveProvider(url={self._url!r}, auth={mode}, containers={cids!r})"
+
+    def describe(self, ref: ObjectRef) -> dict[str, str]:
+        link = self._links.get(ref.key.rpartition("/")[2])
+        if link is None:
+            return {}
+        expires = _link_expiry(link.url)
+        out = {"link_refresh_at": _iso(link.refresh_at)}
+        if expires is not None:
+            out["link_expires_at"] = _iso(expires)
+        return out
 
     async def aclose(self) -> None:
         pass

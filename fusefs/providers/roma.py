@@ -79,6 +79,9 @@ class RomaProvider:
     def __repr__(self) -> str:
         return f"RomaProvider(url={self._url!r}, instances={list(self._instances)!r})"
 
+    def describe(self, ref: ObjectRef) -> dict[str, str]:
+        return {}
+
     async def aclose(self) -> None:
         pass
 

@@ -60,5 +60,8 @@ class FakeProvider:
 
         yield gen()
 
+    def describe(self, ref: ObjectRef) -> dict[str, str]:
+        return {}
+
     async def aclose(self) -> None:
         pass
