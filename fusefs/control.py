@@ -84,7 +84,8 @@ class ControlServer:
             freed = 0
             if req.get("paths"):
                 async for obj, _path in self._objects(req["paths"]):
-                    freed += self.cache.drop_object(obj)
+                    if not obj.pinned:  # pinned and one-shot data are kept: `unpin` first
+                        freed += await self.cache.drop_object(obj)
             else:
                 freed = self.cache.store.clear_unpinned()
                 self.cache.forget_memory()

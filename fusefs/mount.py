@@ -128,6 +128,7 @@ async def run_mount(cfg: MountConfig, mountpoint: Path, *, offline: bool = False
             cache,
             dir_ttl=cfg.mount.dir_ttl,
             snapshots=ListingStore(Path(cfg.cache.dir)),
+            list_timeout=cfg.mount.request_timeout * 0.75,
         )
         control = ControlServer(tree, cache, _control_path(Path(cfg.cache.dir), mountpoint))
         ops = FuseOperations(

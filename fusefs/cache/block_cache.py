@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from fusefs.cache.store import BlockKey, BlockStore, ObjectMeta, object_id
-from fusefs.providers.base import ObjectRef, ProtocolError, ProviderError
+from fusefs.providers.base import ObjectRef, OneShotConsumed, ProtocolError, ProviderError
 
 if TYPE_CHECKING:
     from fusefs.providers.base import Provider
@@ -97,6 +97,7 @@ class CachedObject:
     oid: str
     size: int | None
     pinned: bool
+    meta_saved: bool = False
 
     @property
     def whole_only(self) -> bool:
@@ -107,6 +108,7 @@ class CachedObject:
 class _WholeFetch:
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
+    consumed: bool = False  # a one-shot source whose bytes started to arrive: never again
 
 
 @dataclass
@@ -205,6 +207,8 @@ class BlockCache:
                         )
                     elif obj.oid not in self._discarded:
                         self.store.commit(obj.oid, index, *result, pinned=obj.pinned)
+            except Exception:  # keep writing: a lost block is only a cache miss later
+                log.exception("cache writer failed on a batch of %d blocks", len(batch))
             finally:
                 for obj, index, data in batch:
                     key = (obj.oid, index)
@@ -236,6 +240,7 @@ class BlockCache:
 
     # -- objects -----------------------------------------------------------------------------
     def object(self, provider: Provider, ref: ObjectRef) -> CachedObject:
+        """The cache's view of one object version (in memory; nothing is written here)."""
         oid = object_id(ref.provider, ref.key, ref.version)
         obj = self._objects.get(oid)
         if obj is None:
@@ -243,20 +248,30 @@ class BlockCache:
             meta = self.store.meta(oid)
             size = ref.size if ref.size is not None else (meta.size if meta else None)
             pinned = caps.one_shot or bool(meta and meta.pinned)
-            obj = CachedObject(provider, ref, oid, size, pinned)
+            obj = CachedObject(provider, ref, oid, size, pinned, meta_saved=meta is not None)
             self._objects[oid] = obj
-            if meta is None:
-                self.store.save_meta(
-                    oid,
-                    ObjectMeta(
-                        ref.provider, ref.key, ref.version, size, pinned, False, caps.one_shot
-                    ),
-                )
         return obj
+
+    def _save_meta(self, obj: CachedObject, *, complete: bool = False) -> None:
+        meta = ObjectMeta(
+            obj.ref.provider,
+            obj.ref.key,
+            obj.ref.version,
+            obj.size,
+            obj.pinned,
+            complete,
+            obj.provider.capabilities.one_shot,
+        )
+        self.store.save_meta(obj.oid, meta)
+        obj.meta_saved = True
 
     def known_size(self, provider: Provider, ref: ObjectRef) -> int | None:
         """Size of an object learnt from an earlier whole fetch (also across restarts)."""
-        return self.object(provider, ref).size
+        obj = self._objects.get(object_id(ref.provider, ref.key, ref.version))
+        if obj is not None:
+            return obj.size
+        meta = self.store.meta(object_id(ref.provider, ref.key, ref.version))
+        return meta.size if meta is not None and meta.complete else None
 
     def is_complete(self, obj: CachedObject) -> bool:
         meta = self.store.meta(obj.oid)
@@ -315,13 +330,18 @@ class BlockCache:
             if data is not None:
                 self.counters.hits += 1
                 return data
+            if obj.whole_only:  # no Range: a missing block means fetching the object again
+                self.counters.misses += 1
+                wf = self.start_whole(obj, refetch=True)
+                await wf.done.wait()
+                if wf.error is not None:
+                    raise wf.error
+                continue
             ev = self._inflight.get(key)
             if ev is None:
                 self.counters.misses += 1
                 self.prefetch(obj, index, index)
-                ev = self._inflight.get(key)
-                if ev is None:  # whole-object fetch finished synchronously: impossible, retry
-                    continue
+                ev = self._inflight[key]
             await ev.wait()
             data = self._mem.get(key)
             if data is not None:
@@ -352,6 +372,7 @@ class BlockCache:
                 run_end += 1
             for j in range(i, run_end + 1):
                 self._inflight[(obj.oid, j)] = trio.Event()
+                self._failed.pop((obj.oid, j), None)
             self._spawn(
                 self._fetch_range,
                 obj,
@@ -378,6 +399,8 @@ class BlockCache:
         one-shot objects, whole-object downloads and prefetches (``persist``) wait instead.
         """
         key = (obj.oid, index)
+        if not obj.meta_saved:
+            self._save_meta(obj)
         self._remember(key, data)
         self._pending[key] = data
         ev = self._inflight.pop(key, None)
@@ -437,26 +460,50 @@ class BlockCache:
                 t_got - t_req,
                 trio.current_time() - t_got,
             )
-        except (ProviderError, OSError) as exc:
-            log.warning("fetch of %s blocks %d-%d failed: %s", obj.ref.key, index, last, exc)
-            self._fail_blocks(obj, index, last, exc)
-        except BaseException as exc:
-            self._fail_blocks(obj, index, last, ProtocolError(f"fetch aborted: {exc!r}"))
+        except Exception as exc:
+            if isinstance(exc, ProviderError):
+                log.warning("fetch of %s blocks %d-%d failed: %s", obj.ref.key, index, last, exc)
+            else:  # a bug, not the network: keep the mount alive, fail the waiting reads
+                log.exception(
+                    "fetch of %s blocks %d-%d failed unexpectedly", obj.ref.key, index, last
+                )
+                exc = ProtocolError(f"fetch failed: {exc!r}", call="cache")
+            self._fail_blocks(obj, index, last, exc.with_traceback(None))
+        except BaseException:
+            self._fail_blocks(obj, index, last, ProtocolError("fetch cancelled", call="cache"))
             raise
         finally:
             self.budget.release(reserved)
 
     # -- whole-object sources ----------------------------------------------------------------
-    def start_whole(self, obj: CachedObject) -> _WholeFetch:
+    def start_whole(self, obj: CachedObject, *, refetch: bool = False) -> _WholeFetch:
+        """The download of the whole object: running, finished, or started now.
+
+        ``refetch``: a finished successful download is started again (a block went missing:
+        evicted, cleared, or dropped as corrupt). A one-shot object is never fetched again once
+        its bytes started to arrive: then its failure is final.
+        """
         wf = self._whole.get(obj.oid)
-        failed = wf is not None and wf.done.is_set() and wf.error is not None
-        if failed and obj.provider.capabilities.one_shot:
-            assert wf is not None
-            return wf  # a one-shot source that failed once can never be fetched again
-        if wf is None or failed:
-            wf = _WholeFetch()
-            self._whole[obj.oid] = wf
-            self._spawn(self._fetch_whole, obj, wf, name=f"fetch-whole {obj.ref.key}")
+        if wf is not None and not wf.done.is_set():
+            return wf  # running: join it
+        if wf is not None and wf.error is None and not refetch:
+            return wf
+        if wf is not None and obj.provider.capabilities.one_shot:
+            if wf.error is None:  # done, but a block is gone: the source cannot give it again
+                wf = _WholeFetch(consumed=True)
+                wf.error = OneShotConsumed(
+                    f"{obj.ref.key}: part of it is no longer cached, and it can be downloaded "
+                    "only once",
+                    call="cache",
+                )
+                wf.done.set()
+                self._whole[obj.oid] = wf
+                return wf
+            if wf.consumed:
+                return wf
+        wf = _WholeFetch()
+        self._whole[obj.oid] = wf
+        self._spawn(self._fetch_whole, obj, wf, name=f"fetch-whole {obj.ref.key}")
         return wf
 
     async def wait_whole(self, obj: CachedObject) -> int:
@@ -474,6 +521,7 @@ class BlockCache:
 
     async def _fetch_whole(self, obj: CachedObject, wf: _WholeFetch) -> None:
         bs = self.block_size
+        one_shot = obj.provider.capabilities.one_shot
         index = 0
         total = 0
         asm = _Assembler(bs)
@@ -481,60 +529,65 @@ class BlockCache:
             self.counters.fetches += 1
             async with obj.provider.open_stream(obj.ref) as stream:
                 async for chunk in stream:
+                    wf.consumed = one_shot
                     total += len(chunk)
                     self.counters.fetched_bytes += len(chunk)
                     asm.add(chunk)
                     while asm.have >= bs:
-                        await self._finish_block(obj, index, asm.take(bs))
+                        await self._finish_block(obj, index, asm.take(bs), persist=True)
                         index += 1
             if asm.have:
-                await self._finish_block(obj, index, asm.take(asm.have))
+                await self._finish_block(obj, index, asm.take(asm.have), persist=True)
                 index += 1
             if obj.ref.size is not None and total != obj.ref.size:
                 raise ProtocolError(f"size {total} differs from listed {obj.ref.size}")
             obj.size = total
             await self.flush(obj.oid)
-            self.store.save_meta(
-                obj.oid,
-                ObjectMeta(
-                    obj.ref.provider,
-                    obj.ref.key,
-                    obj.ref.version,
-                    total,
-                    obj.pinned,
-                    True,
-                    obj.provider.capabilities.one_shot,
-                ),
-            )
+            self._save_meta(obj, complete=True)
             log.info("cached %s whole: %d bytes", obj.ref.key, total)
-        except ProviderError as exc:
+        except Exception as exc:
+            if not isinstance(exc, ProviderError):
+                log.exception("downloading %s failed unexpectedly", obj.ref.key)
+                exc = ProtocolError(f"download failed: {exc!r}", call="cache")
+            if isinstance(exc, OneShotConsumed):
+                wf.consumed = True
             # never keep a partial whole object: it must not be served as if complete
-            self._discarded.add(obj.oid)
-            await self.flush(obj.oid)
-            self._discarded.discard(obj.oid)
-            for i in range(index):
-                dropped = self._mem.pop((obj.oid, i), None)
-                if dropped is not None:
-                    self._mem_bytes -= len(dropped)
-                self.store.drop_block(obj.oid, i)
-            wf.error = exc
-        except BaseException as exc:
-            wf.error = ProtocolError(f"download aborted: {exc!r}")
+            await self._discard_blocks(obj, range(index))
+            wf.error = exc.with_traceback(None)
+        except BaseException:
+            wf.error = ProtocolError("download cancelled", call="cache")
             raise
         finally:
             wf.done.set()
+
+    async def _discard_blocks(self, obj: CachedObject, indices: range) -> None:
+        self._discarded.add(obj.oid)
+        try:
+            await self.flush(obj.oid)
+        finally:
+            self._discarded.discard(obj.oid)
+        for i in indices:
+            self.drop_block(obj.oid, i)
 
     # -- operator controls -------------------------------------------------------------------
     def set_pinned(self, obj: CachedObject, pinned: bool) -> None:
         if obj.provider.capabilities.one_shot:
             return  # always pinned
+        if not obj.meta_saved:
+            self._save_meta(obj)
         obj.pinned = pinned
         self.store.set_pinned(obj.oid, pinned)
 
-    def drop_object(self, obj: CachedObject) -> int:
-        for key in [k for k in self._mem if k[0] == obj.oid]:
-            self._mem_bytes -= len(self._mem.pop(key))
-        return self.store.drop_object(obj.oid)
+    async def drop_object(self, obj: CachedObject) -> int:
+        """Delete an object's blocks, after its queued writes (which are dropped)."""
+        self._discarded.add(obj.oid)
+        try:
+            await self.flush(obj.oid)
+            for key in [k for k in self._mem if k[0] == obj.oid]:
+                self._mem_bytes -= len(self._mem.pop(key))
+            return self.store.drop_object(obj.oid)
+        finally:
+            self._discarded.discard(obj.oid)
 
     def drop_block(self, oid: str, index: int) -> None:
         key = (oid, index)

@@ -175,7 +175,7 @@ class BlockStore:
         try:
             fd = os.open(self.data_path(oid), os.O_RDONLY)
         except FileNotFoundError:
-            self._present.pop(oid, None)
+            self.drop_block(oid, index)
             return None
         try:
             data = os.pread(fd, length, index * self.block_size)

@@ -255,6 +255,11 @@ class IotdaProvider:
                     code, _ = huawei_error(resp)
                     if resp.status_code == 403 and code == RATE_LIMITED:
                         throttled += 1
+                        if throttled > self._retry.attempts:
+                            # someone else spends this user's quota: give up, don't stall forever
+                            raise TransientError(
+                                f"{code}: still too frequent after {throttled} windows", call=call
+                            )
                         # our window should have prevented this: also back off in case the
                         # server's window is longer than the configured one
                         extra = self._retry.delay(throttled)

@@ -101,12 +101,16 @@ class VirtualTree:
         *,
         dir_ttl: float,
         snapshots: ListingStore | None = None,
+        list_timeout: float = 45.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if dir_ttl <= 0:
             raise ValueError("dir_ttl must be > 0")
         self.cache = cache
         self.snapshots = snapshots
+        # a listing that takes longer is given up, so the old listing can still be served
+        # within the FUSE request's time limit
+        self.list_timeout = list_timeout
         self.dir_ttl = dir_ttl
         self.clock = clock
         self._next_ino = 2
@@ -166,7 +170,10 @@ class VirtualTree:
         provider = node.provider
         what = f"listing {self.describe(node)}"
         try:
-            entries = await provider.list_dir(node.key)
+            with trio.move_on_after(self.list_timeout) as scope:
+                entries = await provider.list_dir(node.key)
+            if scope.cancelled_caught:
+                raise TransientError(f"no answer within {self.list_timeout:.0f} s", call="listing")
         except ProviderError as exc:
             if node.children is not None:
                 log.warning(
@@ -231,7 +238,7 @@ class VirtualTree:
                 and child.entry is not None
                 and (child.entry.remote_id != entry.remote_id or child.kind is not entry.kind)
             ):
-                child.detached = True
+                self._detach(child)
                 child = None
             if child is None:
                 ino = self._new_ino()
@@ -243,8 +250,7 @@ class VirtualTree:
             if name not in new:
                 gone = self.nodes.get(ino)
                 if gone is not None:
-                    gone.detached = True
-                    self._maybe_drop(gone)
+                    self._detach(gone)
         node.children = new
         node.order = sorted(new)
 
@@ -261,9 +267,19 @@ class VirtualTree:
             assert child.provider is not None
             child.size = self.cache.known_size(child.provider, self.ref(child))
 
+    def _detach(self, node: Node) -> None:
+        """The node left its parent's listing: forget it once the kernel has forgotten it."""
+        node.detached = True
+        self._maybe_drop(node)
+
     def _maybe_drop(self, node: Node) -> None:
         if node.detached and node.lookups <= 0 and node.ino != ROOT_INO:
             self.nodes.pop(node.ino, None)
+            for ino in (node.children or {}).values():
+                child = self.nodes.get(ino)
+                if child is not None:
+                    self._detach(child)
+            node.children = None
 
     # -- operations used by fuse_ops ---------------------------------------------------------
     async def lookup(self, parent_ino: int, name: str) -> Node:
@@ -317,8 +333,13 @@ class VirtualTree:
         if node.is_dir or node.size is not None:
             return
         assert node.provider is not None
-        obj = self.cache.object(node.provider, self.ref(node))
+        ref = self.ref(node)
+        obj = self.cache.object(node.provider, ref)
         try:
-            node.size = await self.cache.wait_whole(obj)
+            size = await self.cache.wait_whole(obj)
         except ProviderError as exc:
             raise to_fs_error(exc, f"downloading {self.describe(node)}") from exc
+        if self.nodes.get(node.ino) is not node:
+            raise errors.NotFound(f"{self.describe(node)} disappeared while it was downloaded")
+        if self.ref(node) == ref:  # not replaced by a newer version meanwhile
+            node.size = size

@@ -11,7 +11,7 @@ import trio
 
 from fusefs.cache.block_cache import BlockCache
 from fusefs.cache.reader import FileReader
-from fusefs.providers.base import Capabilities, ProtocolError
+from fusefs.providers.base import Capabilities, OneShotConsumed, ProtocolError
 from tests.helpers.fakes import FakeProvider, object_bytes
 
 BS = 64 * 1024
@@ -159,3 +159,42 @@ async def test_restart_serves_from_disk(tmp_path: Path) -> None:
         assert data == object_bytes("persist", 10 * BS + 5)
         nursery.cancel_scope.cancel()
     assert os.path.isdir(tmp_path / "c")
+
+
+async def test_whole_object_refetched_when_a_block_goes_missing(cache: BlockCache) -> None:
+    p = FakeProvider(capabilities=Capabilities(ranged_reads=False, size_known=False))
+    ref = p.add("export", 5 * BS + 7)
+    obj = cache.object(p, ref)
+    assert await cache.wait_whole(obj) == 5 * BS + 7
+    await cache.flush(obj.oid)
+    cache.drop_block(obj.oid, 3)  # evicted, cleared or found corrupt
+    got = await FileReader(cache, obj).read(3 * BS, BS)
+    assert bytes(got) == object_bytes("export", 5 * BS + 7)[3 * BS : 4 * BS]
+    assert len(p.requests) == 2  # fetched whole a second time
+
+
+async def test_one_shot_failure_is_final_only_once_bytes_arrived(cache: BlockCache) -> None:
+    caps = Capabilities(ranged_reads=False, size_known=False, one_shot=True)
+    p = FakeProvider(name="oneshot", capabilities=caps, fail_after=0)
+    ref = p.add("a1", 3 * BS)
+    obj = cache.object(p, ref)
+    with pytest.raises(ProtocolError):  # failed before any byte: may be tried again
+        await cache.wait_whole(obj)
+    p.fail_after = None
+    assert await cache.wait_whole(obj) == 3 * BS
+    await cache.flush(obj.oid)
+    cache.drop_block(obj.oid, 1)
+    with pytest.raises(OneShotConsumed):  # cannot be downloaded a second time
+        await FileReader(cache, obj).read(BS, 10)
+    assert len(p.requests) == 2
+
+
+async def test_a_bug_in_a_provider_does_not_kill_the_cache(cache: BlockCache) -> None:
+    p = FakeProvider()
+    ref = p.add("x", 4 * BS)
+    real = p.objects.pop("x")  # open_stream now raises KeyError: a bug, not a network error
+    with pytest.raises(ProtocolError):
+        await FileReader(cache, cache.object(p, ref)).read(0, 10)
+    p.objects["x"] = real
+    got = await FileReader(cache, cache.object(p, ref)).read(0, 10)
+    assert bytes(got) == real[:10]
