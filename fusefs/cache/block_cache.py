@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # 2-core dev machine (cold 1 GiB read over loopback): 1 writer 367 MB/s, 2 writers 299 MB/s, the
 # writers' share of the GIL and of the CPU slowing the event loop more than they gain.
 WRITERS = 1
-WRITE_BATCH = 16
+WRITE_BATCH = 8  # blocks per thread hand-off; also the cap's overshoot bound
 
 
 class _Assembler:
