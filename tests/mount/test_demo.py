@@ -1,0 +1,57 @@
+"""`fusefs demo` as a user runs it: mounts, shows all four trees, Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.mounting import unmount
+
+pytestmark = pytest.mark.fuse
+
+
+def test_demo_mounts_and_ctrl_c_unmounts(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fusefs",
+            "demo",
+            str(mnt),
+            "--workdir",
+            str(tmp_path / "demo"),
+            "--scale",
+            "tiny",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mnt):
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the demo did not mount within 60 s"
+            time.sleep(0.1)
+        for sub in ("enos", "koodrive", "iotda/exports", "roma"):
+            assert os.listdir(mnt / sub), sub
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "nothing left mounted" in out
+        assert "Press Ctrl-C" in out
+        assert not os.path.ismount(mnt)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        unmount(None, mnt)
+    # no emulator or daemon left running
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
