@@ -53,5 +53,15 @@ def test_demo_mounts_and_ctrl_c_unmounts(tmp_path: Path) -> None:
             proc.kill()
         unmount(None, mnt)
     # no emulator or daemon left running
-    left = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
-    assert left.stdout.strip() == ""
+    assert not [pid for pid in processes() if str(tmp_path / "demo") in cmdline(pid)]
+
+
+def processes() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
