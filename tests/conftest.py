@@ -17,6 +17,8 @@ faulthandler.enable()
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if fuse_available():
         return
+    if os.environ.get("FUSEFS_REQUIRE_FUSE") == "1":  # CI: a machine without FUSE is a failure
+        raise pytest.UsageError("FUSEFS_REQUIRE_FUSE=1 but /dev/fuse or fusermount3 is unusable")
     skip = pytest.mark.skip(reason="needs /dev/fuse and fusermount3")
     for item in items:
         if "fuse" in item.keywords:
