@@ -179,6 +179,43 @@ def cmd_warm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_roma_export(args: argparse.Namespace) -> int:
+    """Start a ROMA Connect asset export job; its archive appears once the job is in the config."""
+    import trio
+
+    from fusefs.config import ConfigError, load_config
+    from fusefs.mount import make_http_client
+    from fusefs.providers.base import ProviderError
+    from fusefs.providers.registry import build_providers
+    from fusefs.providers.roma import RomaProvider
+
+    async def start() -> str:
+        async with make_http_client() as client:
+            providers = build_providers(cfg, client)
+            try:
+                roma = next((p for p in providers if isinstance(p, RomaProvider)), None)
+                if roma is None:
+                    raise ConfigError(f"{args.config}: no [roma] section")
+                return await roma.start_export(args.instance, args.app, args.task)
+            finally:
+                for p in providers:
+                    await p.aclose()
+
+    try:
+        cfg = load_config(Path(args.config))
+        job = trio.run(start)
+    except (ConfigError, ProviderError) as exc:
+        return _fail(str(exc))
+    print(job)
+    print(
+        f"fusefs: started export job {job}; add it to `jobs` of instance {args.instance} in "
+        f"[roma] of {args.config}: its archive appears under roma/{args.instance}/archives/ "
+        "once the job has SUCCEEDED",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fusefs.demo import run_demo
 
@@ -237,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
         warm = sub.add_parser(op, help=text)
         warm.add_argument("paths", nargs="+")
         warm.set_defaults(func=cmd_warm, op=op)
+
+    r = sub.add_parser("roma", help="ROMA Connect: start an asset export job")
+    rsub = r.add_subparsers(dest="roma_command", required=True)
+    rx = rsub.add_parser("export", help="start an export job; prints its job id")
+    rx.add_argument("instance", help="ROMA Connect instance id")
+    rx.add_argument("--config", required=True, help="TOML config with [iam] and [roma]")
+    rx.add_argument("--app", action="append", default=[], help="application id (repeatable)")
+    rx.add_argument("--task", action="append", default=[], help="task id (repeatable)")
+    rx.set_defaults(func=cmd_roma_export)
 
     e = sub.add_parser(
         "emulator", help="run the cloud emulator (see docs/emulator.md)", add_help=False

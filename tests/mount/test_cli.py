@@ -109,3 +109,49 @@ def test_background_mount_and_unmount(world_tiny: Path, emulator: Emulator, work
     log = (workdir / "state" / "fusefs" / "bg.log").read_text()
     for value in secrets.values():
         assert value not in log
+
+
+@pytest.mark.fuse
+def test_roma_export_job_appears_in_the_mount(
+    world_tiny: Path, emulator: Emulator, workdir: Path
+) -> None:
+    import json
+    import time
+    import zipfile
+
+    world = json.loads((world_tiny / "world.json").read_text())
+    instance = world["roma"]["instances"][0]["instanceId"]
+    cfg = workdir / "roma.toml"
+    secrets = demo_config(world_tiny, emulator.url, workdir / "cache", cfg)
+    env = {**os.environ, **secrets}
+    r = fusefs("roma", "export", instance, "--config", str(cfg), "--app", "app-1", env=env)
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip()
+    assert job and "add it to `jobs`" in r.stderr
+    # the user adds the job to the config, as the command says
+    cfg.write_text(cfg.read_text().replace("jobs = [", f'jobs = ["{job}", ', 1))
+    time.sleep(1.5)  # the emulator finishes export jobs after ~1 s
+    mnt = workdir / "rmnt"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusefs", "mount", "--foreground", "--config", str(cfg), str(mnt)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        from tests.helpers.mounting import wait_for_mount
+
+        wait_for_mount(proc, mnt, workdir / "none.log")
+        archives = mnt / "roma" / instance / "archives"
+        names = os.listdir(archives)
+        known = [j for j in world["roma"]["instances"][0]["jobs"] if j.get("archive_id")]
+        assert len(names) == len(known) + 1  # the world's archives and the new job's
+        fresh = [n for n in names if zipfile.is_zipfile(archives / n)]
+        assert len(fresh) == len(names)
+    finally:
+        from tests.helpers.mounting import unmount
+
+        assert unmount(proc, mnt) == 0
+    r = fusefs("roma", "export", instance, "--config", str(workdir / "none.toml"))
+    assert "none.toml" in one_line_error(r)
