@@ -204,3 +204,50 @@ def test_presigned_url_expiry_mid_read(world_tiny: Path, emulator: Emulator, wor
     assert calls.get("koodrive.download_links", 0) >= 2, calls
     statuses = emulator.admin("GET", "/_admin/stats").get("statuses", {})
     assert statuses, "the emulator reports statuses per route"
+
+
+def test_remote_changes_show_up_and_readdir_stays_consistent(
+    world_tiny: Path, emulator: Emulator, workdir: Path
+) -> None:
+    files = manifest(world_tiny)
+    page = next(f for f in files if "/page-1000/" in f["path"])
+    folder = os.path.dirname(page["path"])
+    container = folder.split("/")[1]
+    world = json.loads((world_tiny / "world.json").read_text())
+    cont = next(c for c in world["koodrive"]["containers"] if c["containerId"] == container)
+    parent = next(e["id"] for e in cont["entries"] if e["folder"] and e["fileName"] == "page-1000")
+    victim = next(
+        e for e in cont["entries"] if e["parentId"] == parent and e["fileName"].endswith(".txt")
+    )
+    with mounted(world_tiny, emulator.url, workdir, mount_opts={"dir_ttl": 1.0}) as m:
+        d = m.path / folder
+        before = sorted(os.listdir(d))
+        # a listing read in small steps while the folder changes remotely under it
+        it = os.scandir(d)
+        seen = [next(it).name for _ in range(10)]
+        emulator.admin(
+            "POST",
+            "/_admin/koodrive/entries",
+            {
+                "containerId": container,
+                "parentId": parent,
+                "fileName": "new-file.txt",
+                "content": {"data": "fresh bytes\n"},
+            },
+        )
+        emulator.admin(
+            "POST",
+            "/_admin/koodrive/entries",
+            {"containerId": container, "id": victim["id"], "delete": True},
+        )
+        time.sleep(1.5)  # the listing's TTL has passed
+        seen += [e.name for e in it]
+        it.close()
+        assert len(seen) == len(set(seen)), "an entry came twice"
+        assert sorted(seen) == before  # one pass, one consistent snapshot
+        # a new pass shows the change, and the new file reads
+        after = set(os.listdir(d))
+        assert "new-file.txt" in after and victim["fileName"] not in after
+        assert (d / "new-file.txt").read_bytes() == b"fresh bytes\n"
+        with pytest.raises(FileNotFoundError):
+            os.stat(d / victim["fileName"])
