@@ -244,10 +244,12 @@ Try, in another terminal:
 Press Ctrl-C to unmount and stop.""",
                 flush=True,
             )
-            with contextlib.suppress(KeyboardInterrupt):
-                signal.pause() if daemon.poll() is None else None
-                while daemon.poll() is None:
-                    time.sleep(0.5)
+            if daemon.poll() is None:
+                signal.pause()
+            while daemon.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C, whenever it comes (also during start-up): stop cleanly below
         finally:
             print("\nfusefs demo: unmounting ...", flush=True)
             if os.path.ismount(mountpoint):

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fusefs.demo import demo_config, ensure_world, running_emulator  # noqa: E402
-from tests.helpers.mounting import unmount, wait_for_mount  # noqa: E402
+from tests.helpers.mounting import spawn_daemon, unmount, wait_for_mount  # noqa: E402
 
 
 def timed(argv: list[str]) -> float:
@@ -105,24 +105,10 @@ def main() -> int:
         mnt.mkdir(exist_ok=True)
         cfg = work / "bench.toml"
         env = {**os.environ, **demo_config(world, base, cache, cfg, cache={"max_size": "8GiB"})}
-        log = open(work / "daemon.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fusefs",
-                "mount",
-                "--foreground",
-                "--config",
-                str(cfg),
-                str(mnt),
-            ],
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
+        log = work / "daemon.log"
+        proc = spawn_daemon(cfg, mnt, env, log)
         try:
-            wait_for_mount(proc, mnt, work / "daemon.log")
+            wait_for_mount(proc, mnt, log)
             t0 = time.perf_counter()
             subprocess.run(["ls", "-l", str(mnt / wide)], check=True, stdout=subprocess.DEVNULL)
             results["ls_l_cold_s"] = round(time.perf_counter() - t0, 3)
@@ -147,30 +133,15 @@ def main() -> int:
                     results[f"cold_{key}"] = int(value.strip())
         finally:
             unmount(proc, mnt)
-            log.close()
         # a new daemon over the same cache, without xattrs: re-read from the disk cache
         # (blocks the cold read could not persist come from the network again), and ls -l
         cfg2 = work / "bench-noxattr.toml"
         secrets = demo_config(
             world, base, cache, cfg2, mount={"xattrs": False}, cache={"max_size": "8GiB"}
         )
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fusefs",
-                "mount",
-                "--foreground",
-                "--config",
-                str(cfg2),
-                str(mnt),
-            ],
-            env={**os.environ, **secrets},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = spawn_daemon(cfg2, mnt, {**os.environ, **secrets}, log)
         try:
-            wait_for_mount(proc, mnt, work / "daemon.log")
+            wait_for_mount(proc, mnt, log)
             results["mount_disk_cache_MBps"] = round(mb / timed(["cat", str(mnt / big["path"])]))
             subprocess.run(["ls", "-l", str(mnt / wide)], check=True, stdout=subprocess.DEVNULL)
             t0 = time.perf_counter()

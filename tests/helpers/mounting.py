@@ -91,6 +91,30 @@ class Mount:
         return self.log.read_text(errors="replace")
 
 
+def spawn_daemon(
+    config: Path, mnt: Path, env: dict[str, str], log: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    """`fusefs mount --foreground` in a subprocess, logging to ``log`` (the caller unmounts)."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fusefs",
+                "mount",
+                "--foreground",
+                *extra,
+                "--config",
+                str(config),
+                str(mnt),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=env,
+        )
+
+
 def wait_for_mount(
     proc: subprocess.Popen[bytes], mnt: Path, log: Path, timeout: float = 20
 ) -> None:
@@ -133,27 +157,10 @@ def mounted(
         ),
     }
     log = workdir / f"{name}.log"
-    out = open(log, "ab")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fusefs",
-            "mount",
-            "--foreground",
-            "--config",
-            str(config),
-            str(mnt),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=out,
-        stderr=out,
-        env=env,
-    )
+    proc = spawn_daemon(config, mnt, env, log)
     try:
         wait_for_mount(proc, mnt, log)
         yield Mount(mnt, proc, log, config, env)
     finally:
         rc = unmount(proc, mnt)
-        out.close()
     assert rc == 0, f"daemon exited with {rc}:\n{log.read_text(errors='replace')[-4000:]}"

@@ -16,7 +16,7 @@ import pytest
 
 from fusefs.cache.block_cache import WRITE_BATCH
 from fusefs.demo import demo_config, running_emulator
-from tests.helpers.mounting import Emulator, mounted, unmount, wait_for_mount
+from tests.helpers.mounting import Emulator, mounted, spawn_daemon, unmount, wait_for_mount
 from tests.mount.test_mount import manifest
 
 pytestmark = pytest.mark.fuse
@@ -63,22 +63,7 @@ def test_cache_survives_restart_and_kill9_and_catches_corruption(
     cfg = workdir / "killed.toml"
     env = {**os.environ, **demo_config(world_tiny, emulator.url, cache, cfg)}
     log = workdir / "killed.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fusefs",
-                "mount",
-                "--foreground",
-                "--config",
-                str(cfg),
-                str(mnt),
-            ],
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
+    proc = spawn_daemon(cfg, mnt, env, log)
     try:
         wait_for_mount(proc, mnt, log)
         reader = subprocess.Popen(
@@ -293,23 +278,7 @@ def test_offline_flag_and_operator_controls(
     env = {**os.environ, **demo_config(world_tiny, emulator.url, cache, cfg)}
     log = workdir / "off.log"
     emulator.reset_stats()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fusefs",
-                "mount",
-                "--foreground",
-                "--offline",
-                "--config",
-                str(cfg),
-                str(mnt),
-            ],
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
+    proc = spawn_daemon(cfg, mnt, env, log, "--offline")
     try:
         wait_for_mount(proc, mnt, log)
         for f in inside:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fusefs.demo import demo_config
-from tests.helpers.mounting import Emulator, mounted
+from tests.helpers.mounting import Emulator, mounted, spawn_daemon, unmount, wait_for_mount
 
 
 def fusefs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -133,16 +133,9 @@ def test_roma_export_job_appears_in_the_mount(
     time.sleep(1.5)  # the emulator finishes export jobs after ~1 s
     mnt = workdir / "rmnt"
     mnt.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fusefs", "mount", "--foreground", "--config", str(cfg), str(mnt)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = spawn_daemon(cfg, mnt, env, workdir / "roma.log")
     try:
-        from tests.helpers.mounting import wait_for_mount
-
-        wait_for_mount(proc, mnt, workdir / "none.log")
+        wait_for_mount(proc, mnt, workdir / "roma.log")
         archives = mnt / "roma" / instance / "archives"
         names = os.listdir(archives)
         known = [j for j in world["roma"]["instances"][0]["jobs"] if j.get("archive_id")]
@@ -150,8 +143,6 @@ def test_roma_export_job_appears_in_the_mount(
         fresh = [n for n in names if zipfile.is_zipfile(archives / n)]
         assert len(fresh) == len(names)
     finally:
-        from tests.helpers.mounting import unmount
-
         assert unmount(proc, mnt) == 0
     r = fusefs("roma", "export", instance, "--config", str(workdir / "none.toml"))
     assert "none.toml" in one_line_error(r)

@@ -42,11 +42,10 @@ def test_demo_mounts_and_ctrl_c_unmounts(tmp_path: Path) -> None:
             time.sleep(0.1)
         for sub in ("enos", "koodrive", "iotda/exports", "roma"):
             assert os.listdir(mnt / sub), sub
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends; maybe before the banner is out
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
         assert "nothing left mounted" in out
-        assert "Press Ctrl-C" in out
         assert not os.path.ismount(mnt)
     finally:
         if proc.poll() is None:
