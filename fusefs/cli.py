@@ -1,4 +1,6 @@
-"""Command line: `fusefs mount|unmount|demo|emulator|world`. Parsing and exit codes only."""
+"""fusefs: mount IoT cloud file stores (EnOS, KooDrive, IoTDA, ROMA Connect) as one read-only tree.
+
+This module is the command line only: parsing, messages and exit codes."""
 
 from __future__ import annotations
 
@@ -235,7 +237,11 @@ def cmd_world(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fusefs", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="fusefs",
+        description="Mount IoT cloud file stores (EnOS, KooDrive, IoTDA, ROMA Connect) as one "
+        "read-only tree. See README.md and docs/.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("mount", help="mount the configured clouds at MOUNTPOINT")
