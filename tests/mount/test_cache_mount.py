@@ -287,3 +287,26 @@ def test_offline_flag_and_operator_controls(
         rc = unmount(proc, mnt)
     assert rc == 0
     assert sum(emulator.stats().values()) == 0
+
+
+def test_unchanged_file_rereads_from_the_page_cache(
+    world_tiny: Path, emulator: Emulator, workdir: Path
+) -> None:
+    big = max(ranged(world_tiny), key=lambda f: f["size"])
+
+    def daemon_reads(mnt: Path) -> int:
+        out = subprocess.run(
+            [sys.executable, "-m", "fusefs", "cache", "stats", str(mnt)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        stats = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
+        return int(stats["hits"]) + int(stats["misses"])
+
+    with mounted(world_tiny, emulator.url, workdir) as m:
+        path = m.path / big["path"]
+        assert md5(path) == big["md5"]
+        before = daemon_reads(m.path)
+        assert md5(path) == big["md5"]  # reopened: keep_cache, the kernel answers alone
+        assert daemon_reads(m.path) == before
