@@ -337,9 +337,9 @@ class BlockCache:
                 if wf.error is not None:
                     raise wf.error
                 continue
+            self.counters.misses += 1  # not in memory or on disk: wait for the network
             ev = self._inflight.get(key)
             if ev is None:
-                self.counters.misses += 1
                 self.prefetch(obj, index, index)
                 ev = self._inflight[key]
             await ev.wait()

@@ -181,7 +181,11 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
 
 
 class _Stale(Exception):
-    """The target's credentials were rejected; get a fresh target."""
+    """The target's credentials were rejected (or it moved); get a fresh target."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
 
 
 def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
@@ -267,7 +271,7 @@ async def stream_range(
                     else:
                         await resp.aread()
                         if stale_check(resp):
-                            raise _Stale(f"HTTP {resp.status_code}")
+                            raise _Stale(resp.status_code)
                         err = classify(resp, call) if classify else None
                         raise err or error_for_status(
                             resp.status_code, call, short_body(resp.content), resp.headers
@@ -318,6 +322,10 @@ async def stream_range(
         except _Stale as exc:
             stale_in_a_row += 1
             if stale_in_a_row > 2:
+                if exc.status == 404:  # a fresh link does not find it either: it is gone
+                    raise ObjectNotFound(
+                        "object not found even with a fresh link", call=call
+                    ) from None
                 raise AuthError(
                     f"download rejected ({exc}) even with a fresh link", call=call
                 ) from None

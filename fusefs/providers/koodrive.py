@@ -563,7 +563,9 @@ class KoodriveProvider:
             return Target(await self.download_link(cid, fid, fresh=stale), {})
 
         def is_stale(resp: httpx.Response) -> bool:
-            return resp.status_code == 403 or (
+            # 403: the link expired or was refused; 404: the file got new content, which
+            # lives under a new object key: both need a fresh link from KooDrive
+            return resp.status_code in (403, 404) or (
                 resp.status_code == 400 and b"xpired" in resp.content[:2000]
             )
 

@@ -307,6 +307,43 @@ def test_unchanged_file_rereads_from_the_page_cache(
     with mounted(world_tiny, emulator.url, workdir) as m:
         path = m.path / big["path"]
         assert md5(path) == big["md5"]
-        before = daemon_reads(m.path)
-        assert md5(path) == big["md5"]  # reopened: keep_cache, the kernel answers alone
-        assert daemon_reads(m.path) == before
+        # Reopened unchanged: keep_cache, so the kernel answers alone. (Rarely the kernel still
+        # drops the pages after the first pass; a broken keep_cache drops them every time.)
+        costs = []
+        for _ in range(3):
+            before = daemon_reads(m.path)
+            assert md5(path) == big["md5"]
+            costs.append(daemon_reads(m.path) - before)
+        assert 0 in costs, costs
+
+
+def test_changed_file_is_read_anew_never_mixed(
+    world_tiny: Path, emulator: Emulator, workdir: Path
+) -> None:
+    f = next(f for f in manifest(world_tiny) if f["path"].endswith("sizes/1MiB+1.bin"))
+    container = f["path"].split("/")[1]
+
+    def version(path: Path) -> str:
+        return subprocess.run(
+            ["getfattr", "--only-values", "-n", "user.fusefs.version", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    with mounted(world_tiny, emulator.url, workdir, mount_opts={"dir_ttl": 1.0}) as m:
+        path = m.path / f["path"]
+        assert md5(path) == f["md5"]  # cached, and in the page cache
+        old_version = version(path)
+        changed = emulator.admin(
+            "POST",
+            "/_admin/koodrive/entries",
+            {
+                "containerId": container,
+                "id": f["remote_id"],
+                "content": {"key": "changed-content", "size": f["size"]},
+            },
+        )
+        time.sleep(1.5)  # past dir_ttl: the next access sees the new version
+        assert md5(path) == changed["md5"] != f["md5"]
+        assert version(path) != old_version
