@@ -23,7 +23,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -178,6 +178,22 @@ Classify = Callable[[httpx.Response, str], ProviderError | None]
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def start_download(
+    stack: AsyncExitStack, client: httpx.AsyncClient, url: str, headers: dict[str, str], call: str
+) -> httpx.Response:
+    """GET ``url`` as a stream: a 200 stays open in ``stack`` for the caller to read; any other
+    answer is read whole and closed, for the caller to classify. Network errors are mapped."""
+    log.debug("%s: GET %s", call, url)
+    with map_http_errors(call):
+        resp = await stack.enter_async_context(
+            client.stream("GET", url, headers={**headers, **DOWNLOAD_HEADERS})
+        )
+        if resp.status_code != 200:
+            await resp.aread()
+            await resp.aclose()
+    return resp
 
 
 class _Stale(Exception):

@@ -20,12 +20,12 @@ import trio
 from fusefs.providers._http import (
     CHUNK_SIZE,
     DEFAULT_RETRY,
-    DOWNLOAD_HEADERS,
     RetryPolicy,
     error_for_status,
     map_http_errors,
     retry,
     short_body,
+    start_download,
 )
 from fusefs.providers._iam import IamTokenSource, iso_to_ns
 from fusefs.providers.base import (
@@ -241,17 +241,10 @@ class IotdaProvider:
             while True:
                 await self._wait_window()
                 token, headers = await self._headers()
-                headers.update(DOWNLOAD_HEADERS)
-                log.debug("%s: GET %s", call, url)
                 try:
-                    with map_http_errors(call):
-                        resp = await stack.enter_async_context(
-                            self._client.stream("GET", url, headers=headers)
-                        )
-                        if resp.status_code == 200:
-                            return resp
-                        await resp.aread()
-                        await resp.aclose()
+                    resp = await start_download(stack, self._client, url, headers, call)
+                    if resp.status_code == 200:
+                        return resp
                     code, _ = huawei_error(resp)
                     if resp.status_code == 403 and code == RATE_LIMITED:
                         throttled += 1

@@ -25,11 +25,11 @@ import httpx
 from fusefs.providers._http import (
     CHUNK_SIZE,
     DEFAULT_RETRY,
-    DOWNLOAD_HEADERS,
     RetryPolicy,
     gather_limited,
     map_http_errors,
     retry,
+    start_download,
 )
 from fusefs.providers._iam import IamTokenSource, iso_to_ns
 from fusefs.providers.base import (
@@ -208,16 +208,9 @@ class RomaProvider:
         call = "roma.downloadArchive"
         for attempt in (1, 2):
             token = await self._iam.token()
-            headers = {"X-Auth-Token": token, **DOWNLOAD_HEADERS}
-            log.debug("%s: GET %s", call, url)
-            with map_http_errors(call):
-                resp = await stack.enter_async_context(
-                    self._client.stream("GET", url, headers=headers)
-                )
-                if resp.status_code == 200:
-                    return resp
-                await resp.aread()
-                await resp.aclose()
+            resp = await start_download(stack, self._client, url, {"X-Auth-Token": token}, call)
+            if resp.status_code == 200:
+                return resp
             code, msg = huawei_error(resp)
             # a gateway token rejection happens before the archive is touched: one fresh token
             if attempt == 1 and is_token_rejected(resp):

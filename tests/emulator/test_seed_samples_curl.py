@@ -12,9 +12,7 @@ import hashlib
 import io
 import json
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from urllib.parse import quote
 
 import pytest
 
+from fusefs.demo import running_emulator
 from fusefs.emulator.world import generate
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
@@ -91,42 +90,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("seed-curl")
     world_dir = root / "world"
     generate(world_dir, 1, "tiny")
-    port_file = root / "port"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fusefs.emulator",
-            "--world",
-            str(world_dir),
-            "--port-file",
-            str(port_file),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not port_file.exists():
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "no port file"
-            time.sleep(0.02)
+    with running_emulator(world_dir, root) as base:
         yield Env(
-            base=f"http://127.0.0.1:{int(port_file.read_text())}",
+            base=base,
             dir=world_dir,
             world=json.loads((world_dir / "world.json").read_text()),
             manifest=json.loads((world_dir / "manifest.json").read_text()),
         )
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def enos_token(env: Env) -> str:
