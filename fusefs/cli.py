@@ -13,6 +13,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fusefs.control import MountInfo
 
 log = logging.getLogger("fusefs")
 
@@ -104,14 +108,15 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     return unmount(Path(args.mountpoint))
 
 
-def _by_mount(paths: list[str]) -> tuple[Path, list[str]]:
+def _by_mount(paths: list[str]) -> tuple[MountInfo, list[str]]:
+    """The one mount the paths are in, and each path relative to its root (in order)."""
     from fusefs.control import find_mount
 
-    mounts = {find_mount(Path(p)) for p in paths}
-    roots = {m for m, _ in mounts}
+    found = [find_mount(Path(p)) for p in paths]
+    roots = {m for m, _ in found}
     if len(roots) != 1:
         raise ValueError("give paths of one mount at a time")
-    return roots.pop(), [rel for _, rel in sorted(mounts)]
+    return roots.pop(), [rel for _, rel in found]
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -153,7 +158,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
     from fusefs.control import request
 
     try:
-        mnt, rel = _by_mount(args.paths)
+        mnt, rel = _by_mount(list(dict.fromkeys(args.paths)))
         if args.op == "unpin":
             (res,) = list(request(mnt, {"op": "unpin", "paths": rel}))
             print(f"unpinned {res['unpinned']} files")
@@ -179,6 +184,43 @@ def cmd_warm(args: argparse.Namespace) -> int:
     except (ValueError, OSError, StopIteration) as exc:
         return _fail(str(exc) or "the daemon ended the request")
     return 0
+
+
+def _info_text(value: object) -> str:
+    if isinstance(value, bool):  # as the user.fusefs.* xattrs show them
+        return "1" if value else "0"
+    return "-" if value is None else str(value)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Per-file state (the user.fusefs.* fields) from the daemon, xattrs on or off."""
+    import json
+
+    from fusefs.control import request
+
+    try:
+        mnt, rels = _by_mount(args.paths)
+        replies = list(request(mnt, {"op": "info", "paths": rels}))
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc))
+    status = 0
+    for i, (path, reply) in enumerate(zip(args.paths, replies, strict=True)):
+        reply["path"] = path
+        if "failed" in reply:
+            print(f"fusefs: {path}: {reply['failed']}", file=sys.stderr)
+            status = 1
+            continue
+        if args.json:
+            print(json.dumps(reply, ensure_ascii=False))
+            continue
+        if i:
+            print()
+        print(path)
+        fields = {k: v for k, v in reply.items() if k != "path"}
+        width = max(len(k) for k in fields)
+        for k, v in fields.items():
+            print(f"  {k:<{width}}  {_info_text(v)}")
+    return status
 
 
 def cmd_roma_export(args: argparse.Namespace) -> int:
@@ -271,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("mountpoint", help="the mount (or, for clear, a path inside it)")
     c.add_argument("paths", nargs="*", help="clear: only these paths inside the mount")
     c.set_defaults(func=cmd_cache)
+
+    i = sub.add_parser(
+        "info",
+        help="per-file state: remote id, version, cached bytes, pinned, link expiry (mounted)",
+    )
+    i.add_argument("paths", nargs="+", metavar="PATH")
+    i.add_argument("--json", action="store_true", help="one JSON object per PATH and line")
+    i.set_defaults(func=cmd_info)
 
     for op, text in (
         ("prefetch", "download PATHs into the cache (within its cap)"),

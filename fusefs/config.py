@@ -58,7 +58,9 @@ class MountOptions:
     request_timeout: float = 60.0
     dir_ttl: float = 60.0
     log_level: str = "info"
-    xattrs: bool = True  # user.fusefs.* attributes; false: ls -l never asks the daemon
+    # user.fusefs.* attributes (opt-in): on, `ls -l` asks the daemon twice per entry;
+    # the same state is always available through `fusefs info`
+    xattrs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +355,7 @@ def _mount(s: _Section) -> MountOptions:
         request_timeout=s.float_("request_timeout", 60.0),
         dir_ttl=s.float_("dir_ttl", 60.0),
         log_level=level,
-        xattrs=s.bool_("xattrs", True),
+        xattrs=s.bool_("xattrs", False),
     )
 
 

@@ -1,18 +1,23 @@
-"""The control socket: operator commands for a running mount (`fusefs cache|prefetch|pin|unpin`).
+"""The control socket: operator commands for a running mount (`fusefs cache|info|prefetch|pin`).
 
 The mount is read-only, so setxattr cannot carry commands (s3ql's way); instead the daemon
-listens on a unix socket (mode 0600) whose path it publishes as the xattr ``user.fusefs.control``
-of the mount root. One request per connection: a JSON line ``{"op": ..., ...}``; the answer is a
-stream of JSON lines, the last of which is ``{"end": true}`` (or ``"error": "..."``).
+listens on a unix socket (mode 0600). Its path follows from the mountpoint and the daemon's uid
+alone (``control_path``), so a client needs no xattr to find it: it looks the mount up in
+/proc/self/mountinfo (type ``fuse.fusefs``, ``user_id=`` names the daemon's uid) and derives the
+path. One request per connection: a JSON line ``{"op": ..., ...}``; the answer is a stream of
+JSON lines, the last of which is ``{"end": true}`` (or ``"error": "..."``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import stat
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,25 +33,82 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-XATTR = "user.fusefs.control"
+XATTR = "user.fusefs.control"  # also published on the mount root when mount.xattrs is on
+FSTYPE = "fuse.fusefs"
 _MAX_REQUEST = 1 << 20
 
 
+def runtime_dirs(uid: int) -> list[Path]:
+    """Where the daemon of ``uid`` may keep its sockets, in the order it tries them."""
+    if uid == 0:
+        return [Path("/run/fusefs"), Path("/tmp/fusefs-0")]
+    return [Path(f"/run/user/{uid}/fusefs"), Path(f"/tmp/fusefs-{uid}")]
+
+
+def _socket_name(mountpoint: Path) -> str:
+    tag = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:16]
+    return f"control-{tag}.sock"
+
+
+def _private_dir(path: Path, uid: int) -> bool:
+    """Create ``path`` (mode 0700) or accept it if it is ours and private; never follow a link."""
+    if not path.parent.is_dir():
+        return False
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077
+
+
+def control_path(mountpoint: Path, uid: int | None = None) -> Path | None:
+    """The control socket of the daemon that mounts ``mountpoint`` as ``uid``.
+
+    /run/fusefs for root, else /run/user/<uid>/fusefs where the user has a runtime dir, else
+    /tmp/fusefs-<uid>: a private directory, then one name per mountpoint, hashed from its real
+    path (the one mountinfo shows). None: no usable directory.
+    """
+    uid = os.getuid() if uid is None else uid
+    real = Path(os.path.realpath(mountpoint))
+    for d in runtime_dirs(uid):
+        if _private_dir(d, uid):
+            return d / _socket_name(real)
+    return None
+
+
 class ControlServer:
-    def __init__(self, tree: VirtualTree, cache: BlockCache, path: Path) -> None:
+    def __init__(self, tree: VirtualTree, cache: BlockCache, path: Path | None) -> None:
         self.tree = tree
         self.cache = cache
         self.path = path
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.path is None:
+            dirs = " or ".join(str(d) for d in runtime_dirs(os.getuid()))
+            log.warning("no private directory for the control socket (%s): no commands", dirs)
+            task_status.started()
+            return
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.unlink()  # left by a daemon that crashed; this mountpoint is ours now
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        await sock.bind(str(self.path))
-        os.chmod(self.path, 0o600)
+        try:
+            await sock.bind(str(self.path))
+            os.chmod(self.path, 0o600)
+        except OSError as exc:
+            sock.close()
+            log.warning("cannot serve the control socket %s: %s; no commands", self.path, exc)
+            self.path = None
+            task_status.started()
+            return
         sock.listen(16)
         listener = trio.SocketListener(sock)
+        log.debug("control socket %s", self.path)
         task_status.started()
         try:
             await trio.serve_listeners(self._serve, [listener])
@@ -90,6 +152,9 @@ class ControlServer:
                 freed = self.cache.store.clear_unpinned()
                 self.cache.forget_memory()
             yield {"freed": freed}
+        elif op == "info":
+            for rel in req["paths"]:
+                yield await self.info(rel)
         elif op in ("prefetch", "pin"):
             async for progress in self._warm(req["paths"], pin=op == "pin"):
                 yield progress
@@ -111,6 +176,18 @@ class ControlServer:
             "objects": self.cache.store.object_count(),
             "inodes": len(self.tree.nodes),
         }
+
+    async def info(self, rel: str) -> dict[str, Any]:
+        """One path's state (the user.fusefs.* xattrs, typed); ``failed`` if it is not there."""
+        try:
+            node = await self._resolve(rel)
+        except errors.FsError as exc:
+            return {"path": rel, "failed": str(exc)}
+        out: dict[str, Any] = {"path": rel, "kind": node.kind.value, "size": node.size}
+        out.update(self.tree.state(node))
+        if node.ino == ROOT_INO and self.path is not None:
+            out["control"] = str(self.path)
+        return out
 
     async def _resolve(self, rel: str) -> Node:
         node = self.tree.node(ROOT_INO)
@@ -181,29 +258,94 @@ async def _read_line(stream: trio.SocketStream) -> dict[str, Any]:
 
 
 # -- client side (the CLI), plain blocking sockets ----------------------------------------------
-def find_mount(path: Path) -> tuple[Path, str]:
-    """The mountpoint containing ``path`` and the path relative to it."""
-    p = path.absolute()
-    probe = p
-    while not os.path.ismount(probe):
-        if probe.parent == probe:
-            raise ValueError(f"{path} is not inside a mount")
-        probe = probe.parent
-    return probe, os.path.relpath(p, probe)
+@dataclass(frozen=True)
+class MountInfo:
+    """A fusefs mount as /proc/self/mountinfo shows it."""
+
+    mountpoint: Path
+    uid: int  # the daemon's (user_id= of the FUSE mount)
+
+    def socket_path(self) -> Path:
+        """The daemon's control socket (``control_path`` as the daemon chose it)."""
+        name = _socket_name(self.mountpoint)
+        dirs = runtime_dirs(self.uid)
+        for d in dirs:
+            candidate = d / name
+            try:
+                st = os.lstat(candidate)
+            except OSError:
+                continue
+            if stat.S_ISSOCK(st.st_mode) and st.st_uid == self.uid:
+                return candidate
+        looked = ", ".join(str(d / name) for d in dirs)
+        raise ValueError(
+            f"no control socket for {self.mountpoint} (looked for {looked}): is its daemon "
+            "running as this user? See its log"
+        )
 
 
-def control_socket(mountpoint: Path) -> str:
-    try:
-        return os.getxattr(mountpoint, XATTR).decode()
-    except OSError as exc:
-        raise ValueError(f"{mountpoint} is not a fusefs mount ({exc.strerror})") from None
+def _unescape(field: bytes) -> bytes:
+    """mountinfo writes space, tab, newline and backslash as \\ooo (octal)."""
+    if b"\\" not in field:
+        return field
+    out = bytearray()
+    i = 0
+    while i < len(field):
+        if field[i : i + 1] == b"\\" and field[i + 1 : i + 4].isdigit():
+            out.append(int(field[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out += field[i : i + 1]
+            i += 1
+    return bytes(out)
 
 
-def request(mountpoint: Path, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _mountinfo() -> list[tuple[bytes, bytes, bytes]]:
+    """(mount point, fstype, super options) of every mount, in mount order."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        lines = f.read().splitlines()
+    out = []
+    for line in lines:
+        fields = line.split(b" ")
+        try:
+            sep = fields.index(b"-", 6)
+            out.append((_unescape(fields[4]), fields[sep + 1], fields[sep + 3]))
+        except (ValueError, IndexError):
+            continue
+    return out
+
+
+def find_mount(path: Path) -> tuple[MountInfo, str]:
+    """The fusefs mount containing ``path`` and the path relative to its root."""
+    real = os.fsencode(os.path.realpath(path))
+    best: tuple[bytes, bytes, bytes] | None = None
+    for mp, fstype, opts in _mountinfo():
+        inside = real == mp or real.startswith(mp.rstrip(b"/") + b"/")
+        if inside and (best is None or len(mp) >= len(best[0])):  # later mounts cover earlier
+            best = (mp, fstype, opts)
+    if best is None or best[1] != FSTYPE.encode():
+        raise ValueError(f"{path} is not inside a fusefs mount")
+    mp, _, opts = best
+    uid = os.getuid()
+    for opt in opts.split(b","):
+        if opt.startswith(b"user_id="):
+            uid = int(opt[len(b"user_id=") :])
+    mountpoint = Path(os.fsdecode(mp))
+    return MountInfo(mountpoint, uid), os.fsdecode(os.path.relpath(real, mp))
+
+
+def request(mount: MountInfo, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
     import socket
 
+    path = mount.socket_path()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(control_socket(mountpoint))
+        try:
+            s.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            raise ValueError(
+                f"the daemon of {mount.mountpoint} does not answer on {path}: if the mount is "
+                f"dead (ENOTCONN), run `fusefs unmount {mount.mountpoint}`"
+            ) from None
         s.sendall(json.dumps(req).encode() + b"\n")
         with s.makefile("rb") as f:
             for line in f:

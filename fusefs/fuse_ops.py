@@ -13,7 +13,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import pyfuse3
 import trio
@@ -21,7 +21,7 @@ import trio
 from fusefs import errors
 from fusefs.cache.reader import FileReader
 from fusefs.providers.base import EntryKind, ObjectNotFound, ProviderError
-from fusefs.vfs.tree import ROOT_INO, Node, VirtualTree, to_fs_error
+from fusefs.vfs.tree import ROOT_INO, Node, StateValue, VirtualTree, to_fs_error
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -34,6 +34,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 _XATTR_PREFIX = "user.fusefs."
 _XATTR_PREFIX_B = _XATTR_PREFIX.encode()
+
+
+def _xattr_text(value: StateValue) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
 
 
 def errno_boundary(
@@ -75,7 +81,7 @@ class _DirHandle:
 
     def __init__(self, ino: int) -> None:
         self.ino = ino
-        self.entries: list[tuple[str, Node]] | None = None
+        self.entries: Sequence[tuple[str, Node]] | None = None
 
 
 class FuseOperations(pyfuse3.Operations):
@@ -90,11 +96,13 @@ class FuseOperations(pyfuse3.Operations):
         *,
         request_timeout: float,
         control_path: Path | None = None,
-        xattrs: bool = True,
+        xattrs: bool = False,
     ) -> None:
         super().__init__()
         self.control_path = control_path
-        # ENOSYS makes the kernel stop sending getxattr for good: `ls -l` then costs nothing
+        # ENOSYS makes the kernel stop sending getxattr (listxattr) for good, answering
+        # EOPNOTSUPP itself: `ls -l` then costs no round trip per entry (docs/cache.md)
+        self.xattrs = xattrs
         self._no_xattr_errno = errno.ENODATA if xattrs else errno.ENOSYS
         self.tree = tree
         self.cache = cache
@@ -107,6 +115,17 @@ class FuseOperations(pyfuse3.Operations):
 
     # -- attributes ------------------------------------------------------------------------
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        # built once per node and version of its attributes: a warm `ls -l` of 10,000 entries
+        # answers them all again on every pass (READDIRPLUS), pyfuse3 only reads the object
+        key = (node.size, node.mtime_ns, node.ctime_ns)
+        cached = node.adapter_attrs
+        if cached is not None and cached[0] == key:
+            return cast("pyfuse3.EntryAttributes", cached[1])
+        a = self._new_attrs(node)
+        node.adapter_attrs = (key, a)
+        return a
+
+    def _new_attrs(self, node: Node) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         a.generation = 0
@@ -231,35 +250,15 @@ class FuseOperations(pyfuse3.Operations):
 
     # -- xattrs ------------------------------------------------------------------------------
     def _xattrs(self, node: Node) -> dict[str, str]:
+        # the same state `fusefs info` prints (VirtualTree.state), as strings
         if node.ino == ROOT_INO and self.control_path is not None:
             return {"control": str(self.control_path)}
-        if node.provider is None or node.entry is None:
-            return {}
-        e = node.entry
-        out = {
-            "provider": node.provider.name,
-            "remote_id": e.remote_id,
-            "remote_name": e.name,
-            "version": e.version,
-        }
-        if e.md5:
-            out["md5"] = e.md5
-        if not node.is_dir:
-            obj = self.cache.object(node.provider, self.tree.ref(node))
-            cached = self.cache.cached_bytes(obj)
-            out["cached_bytes"] = str(cached)
-            size = obj.size
-            out["cached_percent"] = (
-                "100" if size == 0 else ("0" if not size else str(cached * 100 // size))
-            )
-            out["pinned"] = "1" if obj.pinned else "0"
-            out["size_known"] = "1" if node.size is not None else "0"
-            out.update(node.provider.describe(obj.ref))
-        out.update(e.extra)
-        return out
+        return {k: _xattr_text(v) for k, v in self.tree.state(node).items()}
 
     @errno_boundary
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        if not self.xattrs:  # getfattr -d: one "Operation not supported", not one per name
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         node = self.tree.node(inode)
         return [(_XATTR_PREFIX + k).encode() for k in self._xattrs(node)]
 

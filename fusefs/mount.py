@@ -15,8 +15,9 @@ import pyfuse3
 import trio
 
 from fusefs.cache.block_cache import BlockCache
-from fusefs.control import ControlServer
+from fusefs.control import ControlServer, control_path
 from fusefs.fuse_ops import FuseOperations
+from fusefs.providers._bulk import BulkClient
 from fusefs.providers.offline import OfflineProvider
 from fusefs.providers.registry import build_providers
 from fusefs.vfs.snapshots import ListingStore
@@ -65,17 +66,6 @@ def _tune_readahead(mountpoint: Path) -> None:
         log.debug("could not raise read_ahead_kb: %s", exc)
 
 
-def _control_path(cache_dir: Path, mountpoint: Path) -> Path:
-    """A unix socket per mount (sun_path is limited to 107 bytes: hash long paths)."""
-    import hashlib
-
-    tag = hashlib.sha256(str(mountpoint).encode()).hexdigest()[:12]
-    path = cache_dir / f"control-{tag}.sock"
-    if len(str(path)) > 100:
-        path = Path(f"/tmp/fusefs-{os.getuid()}-{tag}.sock")
-    return path
-
-
 async def _terminate_on_signals() -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
@@ -110,7 +100,9 @@ async def run_mount(cfg: MountConfig, mountpoint: Path, *, offline: bool = False
     check_mountpoint(mountpoint)
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(make_http_client())
-        providers: list[Provider] = list(build_providers(cfg, client))
+        bulk = BulkClient(connect_timeout=10.0, read_timeout=30.0, user_agent="fusefs/0.1")
+        stack.callback(bulk.close)
+        providers: list[Provider] = list(build_providers(cfg, client, bulk=bulk))
         if offline:
             log.warning("offline mode: serving saved listings and cached bytes only")
             providers = [OfflineProvider(p) for p in providers]
@@ -123,14 +115,16 @@ async def run_mount(cfg: MountConfig, mountpoint: Path, *, offline: bool = False
             min_free_ratio=cfg.cache.min_free_ratio,
             memory_budget=cfg.cache.memory_budget,
         )
+        snapshots = ListingStore(Path(cfg.cache.dir))
         tree = VirtualTree(
             providers,
             cache,
             dir_ttl=cfg.mount.dir_ttl,
-            snapshots=ListingStore(Path(cfg.cache.dir)),
+            snapshots=snapshots,
             list_timeout=cfg.mount.request_timeout * 0.75,
         )
-        control = ControlServer(tree, cache, _control_path(Path(cfg.cache.dir), mountpoint))
+        # derived from the mountpoint alone: clients find it without xattrs (control.py)
+        control = ControlServer(tree, cache, control_path(mountpoint))
         ops = FuseOperations(
             tree,
             cache,
@@ -143,6 +137,7 @@ async def run_mount(cfg: MountConfig, mountpoint: Path, *, offline: bool = False
         async with trio.open_nursery() as nursery:
             await nursery.start(cache.run)
             await nursery.start(control.run)
+            await nursery.start(snapshots.run)  # listing saves, off the event loop
             pyfuse3.init(ops, str(mountpoint), options)
             clean = False
             try:

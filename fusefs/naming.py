@@ -7,11 +7,13 @@ The world generator has its own implementation of the same rule; the two meet in
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 
 NAME_MAX = 255
 _EXT_MAX = 16
+_NEEDS_ESCAPE = re.compile("[%/\x00\ud800-\udfff]")
 
 
 def escape(name: str) -> str:
@@ -22,6 +24,8 @@ def escape(name: str) -> str:
         return "%2E"
     if name == "..":
         return "%2E%2E"
+    if _NEEDS_ESCAPE.search(name) is None:  # nearly every name: no loop over its characters
+        return name
     out: list[str] = []
     for ch in name:
         if ch == "%":

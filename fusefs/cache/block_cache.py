@@ -1,18 +1,29 @@
-"""Block cache: memory LRU over the on-disk BlockStore, single-flight fetches, whole-object fetches.
+"""Block cache: single-flight fetches that land in the cache file as they arrive, reads served
+from a small memory LRU of fresh blocks or straight from the data files.
 
 Concurrency rules (trio: code between two awaits runs atomically):
-- A block is fetched by at most one task. ``_inflight[(oid, i)]`` holds the event its readers wait
-  on; it is created, and the block marked in flight, without an await in between.
+- A segment is fetched by at most one task. ``_flights[(oid, i)]`` lists the fetches under way
+  for block ``i`` (a mask of segments each, and the event their readers wait on); they are
+  created, and the segments marked in flight, without an await in between.
 - Fetch tasks run in the cache's own nursery, not in the FUSE request that asked for them: a
   request that times out or is interrupted does not cancel a download others wait on.
-- Bytes in flight are bounded by one global ``ByteBudget``; memory-resident blocks by ``_mem_cap``.
-  Neither depends on the number of open files.
+- The bytes of a ranged download are received by the provider in a worker thread, straight into
+  a block buffer (``_Sink``); the same thread writes each finished piece to the data file and
+  computes its CRCs, then hands it to the event loop (``_landed``), which records it and wakes
+  its readers. Nothing is queued for a writer, so nothing is dropped: every fetched byte is
+  persisted before it is served.
+- Memory: fetches in flight are bounded by ``budget`` (one block buffer each), fresh blocks kept
+  in memory by ``_mem_cap``; neither depends on the number of open files. Per-object state is
+  an LRU of ``MAX_OBJECTS`` entries.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import queue
+import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from fusefs.cache.store import BlockKey, BlockStore, ObjectMeta, object_id
+from fusefs.cache.store import CORRUPT, BlockKey, BlockStore, ObjectMeta, object_id
 from fusefs.providers.base import ObjectRef, OneShotConsumed, ProtocolError, ProviderError
 
 if TYPE_CHECKING:
@@ -29,42 +40,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Blocks are written to disk by this many worker threads, off the event loop. Measured on the
-# 2-core dev machine (cold 1 GiB read over loopback): 1 writer 367 MB/s, 2 writers 299 MB/s, the
-# writers' share of the GIL and of the CPU slowing the event loop more than they gain.
-WRITERS = 1
-WRITE_BATCH = 8  # blocks per thread hand-off; also the cap's overshoot bound
+MAX_OBJECTS = 4096  # per-object state kept in memory (LRU); the rest is re-read from disk
+# Received blocks waiting for the writer thread. When the disk is slower than the network the
+# receivers wait for room: every block is persisted, and memory stays bounded.
+WRITE_QUEUE = 32
 
 
-class _Assembler:
-    """Cuts a stream of chunks into blocks with one copy per byte."""
-
-    def __init__(self, block_size: int) -> None:
-        self.block_size = block_size
-        self.pieces: list[bytes | memoryview] = []
-        self.have = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.pieces.append(chunk)
-        self.have += len(chunk)
-
-    def take(self, n: int) -> bytes:
-        """Remove and return the first ``n`` bytes (``n <= have``)."""
-        out: list[bytes | memoryview] = []
-        need = n
-        while need:
-            head = self.pieces[0]
-            if len(head) <= need:
-                out.append(head)
-                need -= len(head)
-                self.pieces.pop(0)
-            else:
-                mv = memoryview(head)
-                out.append(mv[:need])
-                self.pieces[0] = mv[need:]
-                need = 0
-        self.have -= n
-        return b"".join(out)
+class _Stopped(Exception):
+    """The event loop is gone (shutdown): stop receiving."""
 
 
 class ByteBudget:
@@ -104,6 +87,15 @@ class CachedObject:
         return not self.provider.capabilities.ranged_reads
 
 
+@dataclass(eq=False, slots=True)
+class _Flight:
+    """Segments of one block being fetched, and the event their readers wait on."""
+
+    mask: int
+    event: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
 @dataclass
 class _WholeFetch:
     done: trio.Event = field(default_factory=trio.Event)
@@ -117,7 +109,100 @@ class CacheCounters:
     misses: int = 0
     fetches: int = 0
     fetched_bytes: int = 0
-    not_persisted: int = 0  # blocks served but not written: the disk was behind
+    not_persisted: int = 0  # pieces served but not written: the disk refused them
+
+
+class _Sink:
+    """Receives one fetch's bytes into block buffers (a ``RangeSink``).
+
+    The fetch covers [start, end) (``end`` None: to the end of a whole-object stream); a *unit* is
+    the part of one block inside it. In thread mode (``fetch_range``) a finished unit is written
+    and handed to the event loop from the receiving thread; in async mode (``open_stream``) it is
+    queued in ``ready`` for the fetch task to write through ``trio.to_thread``.
+    """
+
+    def __init__(
+        self,
+        cache: BlockCache,
+        obj: CachedObject,
+        start: int,
+        end: int | None,
+        *,
+        in_thread: bool,
+        meta: ObjectMeta | None,
+    ) -> None:
+        self.cache = cache
+        self.obj = obj
+        self.end = end
+        self.in_thread = in_thread
+        self.meta = meta  # written (once) before the first data, in the writing thread
+        self.ready: list[tuple[int, bytearray]] = []
+        self.received_bytes = 0
+        self._open_unit(start)
+
+    def _open_unit(self, start: int) -> None:
+        bs = self.cache.block_size
+        stop = (start // bs + 1) * bs
+        if self.end is not None:
+            stop = min(stop, self.end)
+        self.unit_start = start
+        self.buf = bytearray(stop - start)
+        self.filled = 0
+
+    @property
+    def pos(self) -> int:
+        return self.unit_start + self.filled
+
+    def buffer(self, pos: int) -> memoryview:
+        if pos != self.pos:
+            raise ProtocolError(f"download resumed at byte {pos}, expected {self.pos}")
+        return memoryview(self.buf)[self.filled :]
+
+    def received(self, pos: int, n: int) -> None:
+        self.filled += n
+        self.received_bytes += n
+        if self.filled < len(self.buf):
+            return
+        unit = (self.unit_start, self.buf)
+        if self.end is None or self.pos < self.end:
+            self._open_unit(self.pos)
+        else:  # the fetch is complete
+            self.unit_start, self.buf, self.filled = self.end, bytearray(), 0
+        if self.in_thread:
+            self.cache._hand_off(self, *unit)
+        else:
+            self.ready.append(unit)
+
+    def finish(self) -> tuple[int, bytearray] | None:
+        """At the end of a stream of unknown length: the partial last unit, if any."""
+        if not self.filled:
+            return None
+        unit = (self.unit_start, self.buf[: self.filled])
+        self.buf, self.filled = bytearray(), 0
+        return unit
+
+    def write(self, start: int, data: bytearray) -> array[int] | None:
+        """File IO only (worker thread): the unit's segments, after meta.json the first time."""
+        store = self.cache.store
+        try:
+            if self.meta is not None:
+                store.write_meta_file(self.obj.oid, self.meta)
+            return store.write_unit(
+                self.obj.oid,
+                start // self.cache.block_size,
+                (start % self.cache.block_size) // store.seg,
+                data,
+            )
+        except OSError as exc:
+            log.warning("could not write cache data of %s: %s", self.obj.ref.key, exc)
+            return None
+
+    def commit(self, start: int, data: bytearray, crcs: array[int] | None) -> None:
+        """On the event loop, after the writer thread wrote a unit (``crcs`` None: it could not)."""
+        if self.meta is not None and crcs is not None:
+            self.cache.store.remember_meta(self.obj.oid, self.meta)
+            self.meta = None
+        self.cache._committed(self.obj, start, data, crcs)
 
 
 class BlockCache:
@@ -133,105 +218,95 @@ class BlockCache:
     ) -> None:
         self.block_size = block_size
         self.store = BlockStore(root, block_size, max_bytes, min_free_ratio)
+        self.seg = self.store.seg
+        self.nseg = self.store.nseg
         self.max_request_blocks = max(1, max_request // block_size)
-        self._mem: OrderedDict[BlockKey, bytes] = OrderedDict()
+        self._mem: OrderedDict[BlockKey, bytes | bytearray] = OrderedDict()
         self._mem_bytes = 0
-        self._mem_cap = max(memory_budget // 2, 4 * block_size)
-        self.budget = ByteBudget(max(memory_budget // 2, 2 * block_size))
-        self._inflight: dict[BlockKey, trio.Event] = {}
-        self._failed: dict[BlockKey, BaseException] = {}
+        self._mem_cap = max(memory_budget // 4, 4 * block_size)
+        # one block buffer per fetch in flight (the rest of a fetch is on disk, not in memory)
+        self.budget = ByteBudget(max(memory_budget // 4, 2 * block_size))
+        self._flights: dict[BlockKey, list[_Flight]] = {}
         self._whole: dict[str, _WholeFetch] = {}
-        self._objects: dict[str, CachedObject] = {}
-        # blocks already served from memory whose file is still being written, in a thread
-        self._pending: dict[BlockKey, bytes] = {}
-        self._discarded: set[str] = set()  # objects whose queued writes must be dropped
-        self._written = trio.Event()  # set (and replaced) after every written batch
-        self._write_send, self._write_recv = trio.open_memory_channel[
-            tuple["CachedObject", int, bytes]
-        ](32)
+        self._objects: OrderedDict[str, CachedObject] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self.counters = CacheCounters()
+        # full blocks received but not yet on disk: served from here until the writer commits
+        self._pending: dict[BlockKey, bytes | bytearray] = {}
+        self._wq: queue.Queue[tuple[_Sink, int, bytearray] | None] = queue.Queue(WRITE_QUEUE)
+        self._writer: threading.Thread | None = None
+        self._queued: dict[str, int] = {}  # units of an object received, not yet committed
+        self._written = trio.Event()  # set (and replaced) after every commit
+        self._token: trio.lowlevel.TrioToken | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Scan the store, then host the fetch tasks until cancelled."""
+        """Scan the store, start the writer thread, then host the fetch tasks until cancelled.
+        At the end the writer finishes what is queued, so an unmount keeps every fetched byte."""
         await trio.to_thread.run_sync(self.store.scan)
+        self._token = trio.lowlevel.current_trio_token()
+        self._writer = threading.Thread(target=self._write_loop, name="cache-writer", daemon=True)
+        self._writer.start()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                for i in range(WRITERS):
-                    nursery.start_soon(self._writer, name=f"cache-writer-{i}")
                 task_status.started()
                 await trio.sleep_forever()
         finally:
-            self._drain_writes()
+            with trio.CancelScope(shield=True):
+                self._wq.put(None)
+                await trio.to_thread.run_sync(self._writer.join)
+                await trio.lowlevel.checkpoint()  # run the commits the writer posted
 
-    def _drain_writes(self) -> None:
-        """At shutdown: write what is still queued, so an unmount keeps every fetched block."""
+    def _write_loop(self) -> None:
+        """The writer thread: CRC + pwrite of each received unit, then commit on the loop."""
+        assert self._token is not None
         while True:
-            try:
-                obj, index, data = self._write_recv.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            item = self._wq.get()
+            if item is None:
                 return
-            if obj.oid in self._discarded:
-                continue
+            sink, start, data = item
+            crcs = sink.write(start, data)
             try:
-                self.store.store(obj.oid, index, data, pinned=obj.pinned)
-            except OSError as exc:
-                log.warning("could not write cache block %s/%d: %s", obj.ref.key, index, exc)
-
-    async def _writer(self) -> None:
-        """Writes queued blocks to disk in a worker thread (``WRITERS`` of these run at once).
-
-        Blocks are taken in batches, one thread hand-off per batch: a hand-off costs about as
-        much as writing a block. The channel is bounded: when the disk is slower than the
-        network, fetches wait on it, which bounds the memory held by blocks not yet written.
-        """
-        while True:
-            try:
-                batch = [await self._write_recv.receive()]
-            except (trio.EndOfChannel, trio.ClosedResourceError):
+                self._token.run_sync_soon(self._commit_safely, sink, start, data, crcs)
+            except trio.RunFinishedError:
                 return
-            while len(batch) < WRITE_BATCH:
-                try:
-                    batch.append(self._write_recv.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            todo = [item for item in batch if item[0].oid not in self._discarded]
-            try:
-                results = await trio.to_thread.run_sync(self._write_batch, todo)
-                for (obj, index, _data), result in zip(todo, results, strict=True):
-                    if isinstance(result, OSError):
-                        log.warning(
-                            "could not write cache block %s/%d: %s", obj.ref.key, index, result
-                        )
-                    elif obj.oid not in self._discarded:
-                        self.store.commit(obj.oid, index, *result, pinned=obj.pinned)
-            except Exception:  # keep writing: a lost block is only a cache miss later
-                log.exception("cache writer failed on a batch of %d blocks", len(batch))
-            finally:
-                for obj, index, data in batch:
-                    key = (obj.oid, index)
-                    if self._pending.get(key) is data:
-                        del self._pending[key]
-                written, self._written = self._written, trio.Event()
-                written.set()
 
-    def _write_batch(
-        self, batch: list[tuple[CachedObject, int, bytes]]
-    ) -> list[tuple[int, int] | OSError]:
-        """In a worker thread: write each block, collecting errors instead of raising."""
-        out: list[tuple[int, int] | OSError] = []
-        for obj, index, data in batch:
-            try:
-                out.append(self.store.write_block(obj.oid, index, data))
-            except OSError as exc:
-                out.append(exc)
-        return out
+    def _commit_safely(
+        self, sink: _Sink, start: int, data: bytearray, crcs: array[int] | None
+    ) -> None:
+        try:
+            sink.commit(start, data, crcs)
+        except Exception:  # a bug: never let it reach trio's run_sync_soon (it would crash)
+            log.exception("recording a fetched block of %s failed", sink.obj.ref.key)
+
+    def _hand_off(self, sink: _Sink, start: int, data: bytearray) -> None:
+        """In a receiving thread: serve the unit now, queue it for the writer (waiting when the
+        disk is behind: backpressure, never a dropped block)."""
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(self._arrived_safely, sink.obj, start, data)
+        except trio.RunFinishedError:
+            raise _Stopped from None
+        self._wq.put((sink, start, data))
+
+    def _arrived_safely(self, obj: CachedObject, start: int, data: bytearray) -> None:
+        try:
+            self._arrived(obj, start, data)
+        except Exception:
+            log.exception("serving a fetched block of %s failed", obj.ref.key)
+
+    async def _queue_write(self, sink: _Sink, start: int, data: bytearray) -> None:
+        """Async mode: serve the unit now, queue it for the writer."""
+        self._arrived(sink.obj, start, data)
+        try:
+            self._wq.put_nowait((sink, start, data))
+        except queue.Full:
+            await trio.to_thread.run_sync(self._wq.put, (sink, start, data))
 
     async def flush(self, oid: str) -> None:
-        """Wait until every queued block of an object is on disk."""
-        while any(k[0] == oid for k in self._pending):
+        """Wait until every received block of an object is on disk."""
+        while self._queued.get(oid):
             await self._written.wait()
 
     def _spawn(self, fn: Callable[..., object], *args: object, name: str) -> None:
@@ -250,10 +325,14 @@ class BlockCache:
             pinned = caps.one_shot or bool(meta and meta.pinned)
             obj = CachedObject(provider, ref, oid, size, pinned, meta_saved=meta is not None)
             self._objects[oid] = obj
+            while len(self._objects) > MAX_OBJECTS:
+                self._objects.popitem(last=False)
+        else:
+            self._objects.move_to_end(oid)
         return obj
 
-    def _save_meta(self, obj: CachedObject, *, complete: bool = False) -> None:
-        meta = ObjectMeta(
+    def _meta_for(self, obj: CachedObject, *, complete: bool = False) -> ObjectMeta:
+        return ObjectMeta(
             obj.ref.provider,
             obj.ref.key,
             obj.ref.version,
@@ -262,8 +341,17 @@ class BlockCache:
             complete,
             obj.provider.capabilities.one_shot,
         )
-        self.store.save_meta(obj.oid, meta)
+
+    def _save_meta(self, obj: CachedObject, *, complete: bool = False) -> None:
+        self.store.save_meta(obj.oid, self._meta_for(obj, complete=complete))
         obj.meta_saved = True
+
+    def _take_meta(self, obj: CachedObject) -> ObjectMeta | None:
+        """The metadata a fetch must write before its first bytes (once per object)."""
+        if obj.meta_saved:
+            return None
+        obj.meta_saved = True
+        return self._meta_for(obj)
 
     def known_size(self, provider: Provider, ref: ObjectRef) -> int | None:
         """Size of an object learnt from an earlier whole fetch (also across restarts)."""
@@ -278,24 +366,59 @@ class BlockCache:
         return bool(meta and meta.complete)
 
     def cached_bytes(self, obj: CachedObject) -> int:
+        """Bytes of the object on disk: O(blocks cached), never O(listed size)."""
         if obj.size is None:
             return 0
-        n = self.nblocks(obj)
-        have = sum(1 for i in range(n) if self._has(obj, i))
-        if have == n:
-            return obj.size
-        return min(obj.size, have * self.block_size)
+        return min(obj.size, self.store.object_bytes(obj.oid))
 
     def nblocks(self, obj: CachedObject) -> int:
         assert obj.size is not None
         return math.ceil(obj.size / self.block_size)
 
-    # -- block access ------------------------------------------------------------------------
+    def _block_len(self, obj: CachedObject, index: int) -> int:
+        assert obj.size is not None
+        return min(self.block_size, obj.size - index * self.block_size)
+
+    # -- presence ----------------------------------------------------------------------------
+    def _have_mask(self, obj: CachedObject, index: int) -> int:
+        if (obj.oid, index) in self._mem or (obj.oid, index) in self._pending:
+            return (1 << self.nseg) - 1
+        rec = self.store.present(obj.oid).get(index)
+        return rec.mask if rec is not None else 0
+
+    def _flying_mask(self, key: BlockKey) -> int:
+        m = 0
+        for f in self._flights.get(key, ()):
+            m |= f.mask
+        return m
+
+    def _full_mask(self, obj: CachedObject, index: int) -> int:
+        return (1 << ((self._block_len(obj, index) + self.seg - 1) // self.seg)) - 1
+
+    def _needs(self, obj: CachedObject, index: int, want: int | None = None) -> int:
+        """Segments of block ``index`` (of ``want``; default all) neither present nor in flight."""
+        key = (obj.oid, index)
+        if key in self._mem or key in self._pending:
+            return 0
+        if want is None:
+            want = self._full_mask(obj, index)
+        missing = want & ~self._have_mask(obj, index)
+        if missing and key in self._flights:
+            missing &= ~self._flying_mask(key)
+        return missing
+
     def _has(self, obj: CachedObject, index: int) -> bool:
         key = (obj.oid, index)
         return key in self._mem or key in self._pending or self.store.has(obj.oid, index)
 
-    def _remember(self, key: BlockKey, data: bytes) -> None:
+    def first_missing(self, obj: CachedObject, first: int, last: int) -> int | None:
+        for i in range(first, last + 1):
+            if self._needs(obj, i):
+                return i
+        return None
+
+    # -- memory LRU of fresh blocks ----------------------------------------------------------
+    def _remember(self, key: BlockKey, data: bytes | bytearray) -> None:
         old = self._mem.pop(key, None)
         if old is not None:
             self._mem_bytes -= len(old)
@@ -305,175 +428,289 @@ class BlockCache:
             _, dropped = self._mem.popitem(last=False)
             self._mem_bytes -= len(dropped)
 
-    def _peek(self, obj: CachedObject, index: int) -> bytes | None:
-        key = (obj.oid, index)
-        data = self._mem.get(key)
-        if data is not None:
-            self._mem.move_to_end(key)
-            return data
-        data = self._pending.get(key)
-        if data is not None:
-            return data
-        if not self.store.has(obj.oid, index):
-            return None
-        data = self.store.load(obj.oid, index)
-        if data is None:
-            return None
-        self._remember(key, data)
-        return data
+    # -- reading -----------------------------------------------------------------------------
+    async def read(self, obj: CachedObject, offset: int, end: int) -> bytes | memoryview:
+        """Bytes [offset, end) of a ranged or completed object (``end`` <= size)."""
+        bs = self.block_size
+        first, last = offset // bs, (end - 1) // bs
+        if first == last:
+            return await self.read_block(obj, first, offset - first * bs, end - first * bs)
+        parts: list[bytes | memoryview] = []
+        for index in range(first, last + 1):
+            lo = max(offset, index * bs) - index * bs
+            hi = min(end, (index + 1) * bs) - index * bs
+            parts.append(await self.read_block(obj, index, lo, hi))
+        return b"".join(parts)
 
-    async def get_block(self, obj: CachedObject, index: int) -> bytes:
-        """The verified bytes of one block, fetching it (alone) if no one else is."""
+    async def read_block(self, obj: CachedObject, index: int, lo: int, hi: int) -> memoryview:
+        """Bytes [lo, hi) of block ``index``, verified, fetching what is missing."""
         key = (obj.oid, index)
-        for _attempt in range(3):
-            data = self._peek(obj, index)
+        store = self.store
+        waited = False
+        for _attempt in range(4):
+            data = self._mem.get(key)
             if data is not None:
-                self.counters.hits += 1
-                return data
-            if obj.whole_only:  # no Range: a missing block means fetching the object again
+                self._mem.move_to_end(key)
+            else:
+                data = self._pending.get(key)
+            if data is not None:
+                store.touch(obj.oid, index)
+                self.counters.hits += not waited
+                return memoryview(data)[lo:hi]
+            plan = store.read_plan(obj.oid, index, lo, hi)
+            if plan is not None:
+                got = store.read_nowait(obj.oid, index, lo, hi, plan)
+                if got is None:  # not in the page cache: read (and check) in a worker thread
+                    store.disk_reads += 1
+                    plan = store.read_plan(obj.oid, index, lo, hi, from_disk=True)
+                    assert plan is not None
+                    raw = await trio.to_thread.run_sync(store.read_blocking, obj.oid, index, plan)
+                    got = store.finish_read(obj.oid, index, lo, hi, plan[0], raw, plan[2])
+                if got is not CORRUPT:
+                    self.counters.hits += not waited
+                    assert isinstance(got, bytes | bytearray | memoryview)
+                    return memoryview(got)
+                continue  # dropped as corrupt: fetch it again
+            if not waited:
                 self.counters.misses += 1
+                waited = True
+            if obj.whole_only:  # no Range: a missing block means fetching the object again
                 wf = self.start_whole(obj, refetch=True)
                 await wf.done.wait()
                 if wf.error is not None:
                     raise wf.error
                 continue
-            self.counters.misses += 1  # not in memory or on disk: wait for the network
-            ev = self._inflight.get(key)
-            if ev is None:
-                self.prefetch(obj, index, index)
-                ev = self._inflight[key]
-            await ev.wait()
-            data = self._mem.get(key)
-            if data is not None:
-                return data
-            exc = self._failed.pop(key, None)
-            if exc is not None:
-                raise exc
+            await self._wait_fetched(obj, index, lo, hi)
         raise ProtocolError(f"block {index} of {obj.ref.key} vanished while being read")
 
+    async def _wait_fetched(self, obj: CachedObject, index: int, lo: int, hi: int) -> None:
+        """Start what no one fetches of [lo, hi) of the block, then wait for one flight."""
+        key = (obj.oid, index)
+        want = store_mask = self.store.seg_mask(self._block_len(obj, index), lo, hi)
+        if self._needs(obj, index, want):
+            g0 = index * self.nseg + lo // self.seg
+            g1 = index * self.nseg + (hi - 1) // self.seg
+            self._start_segments(obj, g0, g1)
+        missing = store_mask & ~self._have_mask(obj, index)
+        for flight in self._flights.get(key, ()):
+            if flight.mask & missing:
+                await flight.event.wait()
+                if (
+                    flight.error is not None
+                    and self.store.read_plan(obj.oid, index, lo, hi) is None
+                    and key not in self._mem
+                ):
+                    raise flight.error
+                return
+        await trio.lowlevel.checkpoint()
+
+    async def get_block(self, obj: CachedObject, index: int) -> bytes:
+        """The verified bytes of one whole block (fetching it if needed)."""
+        if obj.size is None:
+            await self.wait_whole(obj)
+        return bytes(await self.read_block(obj, index, 0, self._block_len(obj, index)))
+
+    # -- fetching ----------------------------------------------------------------------------
     def prefetch(self, obj: CachedObject, first: int, last: int, *, persist: bool = False) -> None:
         """Start fetches so that blocks [first, last] become present. Never waits."""
         if obj.whole_only or obj.size is None:
             self.start_whole(obj)
             return
         last = min(last, self.nblocks(obj) - 1)
-        i = first
-        while i <= last:
-            if (obj.oid, i) in self._inflight or self._has(obj, i):
-                i += 1
-                continue
-            run_end = i
-            while (
-                run_end + 1 <= last
-                and run_end + 1 - i < self.max_request_blocks
-                and (obj.oid, run_end + 1) not in self._inflight
-                and not self._has(obj, run_end + 1)
-            ):
-                run_end += 1
-            for j in range(i, run_end + 1):
-                self._inflight[(obj.oid, j)] = trio.Event()
-                self._failed.pop((obj.oid, j), None)
-            self._spawn(
-                self._fetch_range,
-                obj,
-                i,
-                run_end,
-                persist,
-                name=f"fetch {obj.ref.key}[{i}:{run_end}]",
-            )
-            i = run_end + 1
-
-    def first_missing(self, obj: CachedObject, first: int, last: int) -> int | None:
-        for i in range(first, last + 1):
-            if (obj.oid, i) not in self._inflight and not self._has(obj, i):
-                return i
-        return None
-
-    async def _finish_block(
-        self, obj: CachedObject, index: int, data: bytes, *, persist: bool = True
-    ) -> None:
-        """Serve a downloaded block at once from memory; queue it for the disk.
-
-        Reads never wait for the disk: when the write queue is full (the network outruns the
-        disk or the CPU), a block of an ordinary read is served but not persisted. Pinned and
-        one-shot objects, whole-object downloads and prefetches (``persist``) wait instead.
-        """
-        key = (obj.oid, index)
-        if not obj.meta_saved:
-            self._save_meta(obj)
-        self._remember(key, data)
-        self._pending[key] = data
-        ev = self._inflight.pop(key, None)
-        if ev is not None:
-            ev.set()
-        item = (obj, index, data)
-        if persist or obj.pinned:
-            await self._write_send.send(item)
+        if last < first:
             return
-        try:
-            self._write_send.send_nowait(item)
-        except trio.WouldBlock:
-            del self._pending[key]
-            self.counters.not_persisted += 1
+        g_last = last * self.nseg + (self._block_len(obj, last) - 1) // self.seg
+        self._start_segments(obj, first * self.nseg, g_last)
 
-    def _fail_blocks(self, obj: CachedObject, first: int, last: int, exc: BaseException) -> None:
-        for j in range(first, last + 1):
-            key = (obj.oid, j)
-            ev = self._inflight.pop(key, None)
-            if ev is not None:
-                self._failed[key] = exc
-                ev.set()
+    def prefetch_bytes(self, obj: CachedObject, offset: int, end: int) -> None:
+        """Start fetches of just the segments covering [offset, end) (random reads)."""
+        if obj.whole_only or obj.size is None:
+            self.start_whole(obj)
+            return
+        end = min(end, obj.size)
+        if end <= offset:
+            return
+        self._start_segments(obj, offset // self.seg, (end - 1) // self.seg)
 
-    async def _fetch_range(self, obj: CachedObject, first: int, last: int, persist: bool) -> None:
+    def _start_segments(self, obj: CachedObject, g0: int, g1: int) -> None:
+        """Fetch every segment in [g0, g1] neither present nor in flight, in runs of at most
+        ``max_request`` bytes, one flight per block covered."""
+        nseg = self.nseg
+        limit = self.max_request_blocks * nseg
+        g = g0
+        while g <= g1:
+            index, j = divmod(g, nseg)
+            if not self._needs(obj, index, 1 << j):
+                g += 1
+                continue
+            run_end = g
+            while run_end + 1 <= g1 and run_end + 1 - g < limit:
+                i2, j2 = divmod(run_end + 1, nseg)
+                if not self._needs(obj, i2, 1 << j2):
+                    break
+                run_end += 1
+            self._launch(obj, g, run_end)
+            g = run_end + 1
+
+    def _launch(self, obj: CachedObject, g0: int, g1: int) -> None:
+        """Mark segments [g0, g1] in flight (one flight per block) and spawn their fetch."""
+        nseg = self.nseg
+        flights: list[tuple[int, _Flight]] = []
+        for index in range(g0 // nseg, g1 // nseg + 1):
+            a = max(g0, index * nseg) - index * nseg
+            b = min(g1, index * nseg + nseg - 1) - index * nseg
+            f = _Flight(((1 << (b - a + 1)) - 1) << a)
+            self._flights.setdefault((obj.oid, index), []).append(f)
+            flights.append((index, f))
+        start = g0 * self.seg
         assert obj.size is not None
+        end = min(obj.size, (g1 + 1) * self.seg)
+        self._spawn(
+            self._fetch_range, obj, start, end, flights, name=f"fetch {obj.ref.key}[{start}:{end}]"
+        )
+
+    def _unit_mask(self, start: int, length: int) -> tuple[int, int]:
+        j0 = (start % self.block_size) // self.seg
+        n = (length + self.seg - 1) // self.seg
+        return start // self.block_size, ((1 << n) - 1) << j0
+
+    def _arrived(self, obj: CachedObject, start: int, data: bytearray) -> None:
+        """A unit was received: a whole block is served from memory at once."""
         bs = self.block_size
-        offset = first * bs
-        length = min(obj.size, (last + 1) * bs) - offset
+        self.counters.fetched_bytes += len(data)
+        self._queued[obj.oid] = self._queued.get(obj.oid, 0) + 1
+        full = start % bs == 0 and (
+            len(data) == bs or (obj.size is not None and start + len(data) == obj.size)
+        )
+        if not full:
+            return  # a part of a block is served once it is on disk
+        key = (obj.oid, start // bs)
+        self._pending[key] = data
+        self._remember(key, data)
+        self._wake(obj, *self._unit_mask(start, len(data)))
+
+    def _committed(
+        self, obj: CachedObject, start: int, data: bytearray, crcs: array[int] | None
+    ) -> None:
+        """A unit is on disk (``crcs``), or could not be written (None): record it, wake."""
+        bs = self.block_size
+        index, mask = self._unit_mask(start, len(data))
+        key = (obj.oid, index)
+        if crcs is not None:
+            meta = self.store.meta(obj.oid)
+            pinned = obj.pinned or bool(meta and (meta.pinned or meta.one_shot))
+            if obj.size is None:  # whole-object stream: this unit ends the block or the object
+                block_len = (start % bs) + len(data)
+            else:
+                block_len = min(bs, obj.size - index * bs)
+            self.store.commit(
+                obj.oid, index, (start % bs) // self.seg, crcs, block_len, pinned=pinned
+            )
+        else:
+            self.counters.not_persisted += 1
+        if self._pending.get(key) is data:
+            del self._pending[key]
+        left = self._queued.get(obj.oid, 1) - 1
+        if left > 0:
+            self._queued[obj.oid] = left
+        else:
+            self._queued.pop(obj.oid, None)
+        written, self._written = self._written, trio.Event()
+        written.set()
+        self._wake(obj, index, mask)
+
+    def _wake(self, obj: CachedObject, index: int, mask: int) -> None:
+        key = (obj.oid, index)
+        flights = self._flights.get(key)
+        if not flights:
+            return
+        for f in [f for f in flights if f.mask & mask]:
+            f.mask &= ~mask
+            if not f.mask:
+                flights.remove(f)
+                f.event.set()
+        if not flights:
+            del self._flights[key]
+
+    def _fail(
+        self, obj: CachedObject, flights: list[tuple[int, _Flight]], exc: BaseException
+    ) -> None:
+        for index, f in flights:
+            key = (obj.oid, index)
+            lst = self._flights.get(key)
+            if lst is not None and f in lst:
+                lst.remove(f)
+                if not lst:
+                    del self._flights[key]
+            if not f.event.is_set():
+                f.error = exc
+                f.event.set()
+
+    async def _fetch_range(
+        self, obj: CachedObject, start: int, end: int, flights: list[tuple[int, _Flight]]
+    ) -> None:
         t_req = trio.current_time()
-        reserved = await self.budget.acquire(length)
+        reserved = await self.budget.acquire(self.block_size)
         t_got = trio.current_time()
-        index = first
+        fetch_range = getattr(obj.provider, "fetch_range", None)
+        sink = _Sink(
+            self, obj, start, end, in_thread=fetch_range is not None, meta=self._take_meta(obj)
+        )
         try:
             self.counters.fetches += 1
-            asm = _Assembler(bs)
-            async with obj.provider.open_stream(obj.ref, offset, length) as stream:
-                async for chunk in stream:
-                    self.counters.fetched_bytes += len(chunk)
-                    asm.add(chunk)
-                    while index <= last:
-                        want = min(bs, obj.size - index * bs)
-                        if asm.have < want:
-                            break
-                        await self._finish_block(obj, index, asm.take(want), persist=persist)
-                        index += 1
-            if index <= last:
+            if fetch_range is not None:
+                await fetch_range(obj.ref, start, end - start, sink)
+            else:
+                async with obj.provider.open_stream(obj.ref, start, end - start) as stream:
+                    async for chunk in stream:
+                        await self._feed(sink, chunk)
+            if sink.received_bytes < end - start:
                 raise ProtocolError(
-                    f"short body: got {(index - first) * bs + asm.have} of {length} bytes",
+                    f"short body: got {sink.received_bytes} of {end - start} bytes",
                     call="download",
                 )
             log.debug(
-                "fetched %s [%d:%d] %d bytes: budget wait %.3fs, transfer %.3fs",
+                "fetched %s [%d:%d]: budget wait %.3fs, transfer %.3fs",
                 obj.ref.key,
-                first,
-                last,
-                length,
+                start,
+                end,
                 t_got - t_req,
                 trio.current_time() - t_got,
             )
         except Exception as exc:
             if isinstance(exc, ProviderError):
-                log.warning("fetch of %s blocks %d-%d failed: %s", obj.ref.key, index, last, exc)
+                log.warning("fetch of %s bytes %d-%d failed: %s", obj.ref.key, sink.pos, end, exc)
             else:  # a bug, not the network: keep the mount alive, fail the waiting reads
                 log.exception(
-                    "fetch of %s blocks %d-%d failed unexpectedly", obj.ref.key, index, last
+                    "fetch of %s bytes %d-%d failed unexpectedly", obj.ref.key, start, end
                 )
                 exc = ProtocolError(f"fetch failed: {exc!r}", call="cache")
-            self._fail_blocks(obj, index, last, exc.with_traceback(None))
+            self._fail(obj, flights, exc.with_traceback(None))
         except BaseException:
-            self._fail_blocks(obj, index, last, ProtocolError("fetch cancelled", call="cache"))
+            self._fail(obj, flights, ProtocolError("fetch cancelled", call="cache"))
             raise
         finally:
             self.budget.release(reserved)
+            if sink.meta is not None and not sink.received_bytes:  # nothing to write it with
+                obj.meta_saved = False
+
+    async def _feed(self, sink: _Sink, chunk: bytes) -> None:
+        """Async mode: copy a chunk into the sink, writing finished units in a worker thread."""
+        view = memoryview(chunk)
+        while view:
+            if sink.end is not None and sink.pos >= sink.end:
+                raise ProtocolError("the server sent more bytes than asked for", call="download")
+            buf = sink.buffer(sink.pos)
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            sink.received(sink.pos, n)
+            view = view[n:]
+            await self._write_ready(sink)
+
+    async def _write_ready(self, sink: _Sink) -> None:
+        while sink.ready:
+            start, data = sink.ready.pop(0)
+            await self._queue_write(sink, start, data)
 
     # -- whole-object sources ----------------------------------------------------------------
     def start_whole(self, obj: CachedObject, *, refetch: bool = False) -> _WholeFetch:
@@ -520,29 +757,24 @@ class BlockCache:
         return obj.size
 
     async def _fetch_whole(self, obj: CachedObject, wf: _WholeFetch) -> None:
-        bs = self.block_size
         one_shot = obj.provider.capabilities.one_shot
-        index = 0
+        sink = _Sink(self, obj, 0, None, in_thread=False, meta=self._take_meta(obj))
         total = 0
-        asm = _Assembler(bs)
         try:
             self.counters.fetches += 1
             async with obj.provider.open_stream(obj.ref) as stream:
                 async for chunk in stream:
                     wf.consumed = one_shot
                     total += len(chunk)
-                    self.counters.fetched_bytes += len(chunk)
-                    asm.add(chunk)
-                    while asm.have >= bs:
-                        await self._finish_block(obj, index, asm.take(bs), persist=True)
-                        index += 1
-            if asm.have:
-                await self._finish_block(obj, index, asm.take(asm.have), persist=True)
-                index += 1
+                    await self._feed(sink, chunk)
+            tail = sink.finish()
+            if tail is not None:
+                sink.ready.append(tail)
+                await self._write_ready(sink)
             if obj.ref.size is not None and total != obj.ref.size:
                 raise ProtocolError(f"size {total} differs from listed {obj.ref.size}")
             obj.size = total
-            await self.flush(obj.oid)
+            await self.flush(obj.oid)  # complete only once every block is on disk
             self._save_meta(obj, complete=True)
             log.info("cached %s whole: %d bytes", obj.ref.key, total)
         except Exception as exc:
@@ -552,22 +784,18 @@ class BlockCache:
             if isinstance(exc, OneShotConsumed):
                 wf.consumed = True
             # never keep a partial whole object: it must not be served as if complete
-            await self._discard_blocks(obj, range(index))
+            with trio.CancelScope(shield=True):
+                await self.flush(obj.oid)
+            for i in range(math.ceil(total / self.block_size) + 1):
+                self.drop_block(obj.oid, i)
             wf.error = exc.with_traceback(None)
         except BaseException:
             wf.error = ProtocolError("download cancelled", call="cache")
             raise
         finally:
+            if sink.meta is not None and not sink.received_bytes:
+                obj.meta_saved = False
             wf.done.set()
-
-    async def _discard_blocks(self, obj: CachedObject, indices: range) -> None:
-        self._discarded.add(obj.oid)
-        try:
-            await self.flush(obj.oid)
-        finally:
-            self._discarded.discard(obj.oid)
-        for i in indices:
-            self.drop_block(obj.oid, i)
 
     # -- operator controls -------------------------------------------------------------------
     def set_pinned(self, obj: CachedObject, pinned: bool) -> None:
@@ -579,15 +807,11 @@ class BlockCache:
         self.store.set_pinned(obj.oid, pinned)
 
     async def drop_object(self, obj: CachedObject) -> int:
-        """Delete an object's blocks, after its queued writes (which are dropped)."""
-        self._discarded.add(obj.oid)
-        try:
-            await self.flush(obj.oid)
-            for key in [k for k in self._mem if k[0] == obj.oid]:
-                self._mem_bytes -= len(self._mem.pop(key))
-            return self.store.drop_object(obj.oid)
-        finally:
-            self._discarded.discard(obj.oid)
+        """Delete an object's blocks (fetches in flight may still land theirs afterwards)."""
+        await trio.lowlevel.checkpoint()
+        for key in [k for k in self._mem if k[0] == obj.oid]:
+            self._mem_bytes -= len(self._mem.pop(key))
+        return self.store.drop_object(obj.oid)
 
     def drop_block(self, oid: str, index: int) -> None:
         key = (oid, index)
@@ -609,9 +833,9 @@ class BlockCache:
         step = self.max_request_blocks
         for first in range(0, n, step):
             last = min(n, first + step) - 1
-            self.prefetch(obj, first, last, persist=True)
+            self.prefetch(obj, first, last)
             for i in range(first, last + 1):
-                await self.get_block(obj, i)
+                await self.read_block(obj, i, 0, self._block_len(obj, i))
 
     # -- stats -------------------------------------------------------------------------------
     def statistics(self) -> dict[str, int]:

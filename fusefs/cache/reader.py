@@ -38,9 +38,13 @@ class FileReader:
             self.window = 0
         self.next_offset = max(end, self.next_offset) if sequential else end
 
-    def _schedule(self, first: int, last: int) -> None:
+    def _schedule(self, offset: int, end: int, first: int, last: int) -> None:
         cache = self.cache
         obj = self.obj
+        if self.window == 0:
+            # a random read: fetch only the segments it touches (64 KiB each), not whole blocks
+            cache.prefetch_bytes(obj, offset, end)
+            return
         nblocks = cache.nblocks(obj)
         horizon = min(last + self.window, nblocks - 1)
         # blocks the caller needs now: fetch them together with the read-ahead run that follows
@@ -48,7 +52,7 @@ class FileReader:
         if missing is not None:
             cache.prefetch(obj, missing, max(last, min(horizon, missing + self.window)))
             return
-        if self.window == 0 or horizon <= last:
+        if horizon <= last:
             return
         ahead = cache.first_missing(obj, last + 1, horizon)
         if ahead is None:
@@ -69,15 +73,5 @@ class FileReader:
         first, last = offset // bs, (end - 1) // bs
         self._note_access(offset, end)
         if not obj.whole_only:
-            self._schedule(first, last)
-        if first == last:
-            block = await self.cache.get_block(obj, first)
-            start = offset - first * bs
-            return memoryview(block)[start : start + (end - offset)]
-        parts: list[bytes | memoryview] = []
-        for index in range(first, last + 1):
-            block = await self.cache.get_block(obj, index)
-            lo = max(offset, index * bs) - index * bs
-            hi = min(end, (index + 1) * bs) - index * bs
-            parts.append(memoryview(block)[lo:hi])
-        return b"".join(parts)
+            self._schedule(offset, end, first, last)
+        return await self.cache.read(obj, offset, end)

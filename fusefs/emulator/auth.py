@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from starlette.requests import Request
 
@@ -186,10 +186,20 @@ def obs_sign(secret: bytes, path: str, params: list[tuple[str, str]]) -> str:
 
 
 def obs_presign(world: World, base_url: str, object_key: str, disposition: str) -> str:
+    return presign_url(world, base_url, f"/obs/{OBS_BUCKET}/{object_key}", disposition)
+
+
+def presign_url(world: World, base_url: str, path: str, disposition: str) -> str:
+    """``base_url`` + ``path`` + a presigned query (X-Amz-*, signed over the full URL path).
+
+    ``base_url`` may carry a path of its own (an external static server's prefix): the signature
+    covers the path the client will send.
+    """
     now = world.clock()
     amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     day = amz_date[:8]
-    path = f"/obs/{OBS_BUCKET}/{object_key}"
+    base = base_url.rstrip("/")
+    full_path = urlsplit(base).path + path
     params = [
         ("response-content-disposition", disposition),
         ("X-Amz-Algorithm", "AWS4-HMAC-SHA256"),
@@ -198,9 +208,9 @@ def obs_presign(world: World, base_url: str, object_key: str, disposition: str) 
         ("X-Amz-Expires", str(int(world.faults.plan.presign_expires))),
         ("X-Amz-Credential", f"{OBS_ACCESS_KEY}/{day}/{OBS_REGION}/s3/aws4_request"),
     ]
-    params.append(("X-Amz-Signature", obs_sign(world.secret, path, params)))
+    params.append(("X-Amz-Signature", obs_sign(world.secret, full_path, params)))
     query = "&".join(f"{_uri_encode(k)}={_uri_encode(v)}" for k, v in params)
-    return base_url.rstrip("/") + path + "?" + query
+    return base + path + "?" + query
 
 
 def obs_verify(world: World, request: Request) -> str | None:

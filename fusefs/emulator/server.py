@@ -13,7 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
-from .app import create_app
+from .app import check_link_base, create_app
 from .faults import FaultPlan
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,13 @@ def serve(
     port: int = 0,
     port_file: Path | None = None,
     faults_file: Path | None = None,
+    link_base: str | None = None,
 ) -> None:
     """Serve ``world_dir`` until SIGINT/SIGTERM. With ``port=0`` an ephemeral port is chosen;
-    the real port is written to ``port_file`` (atomically) once the server accepts requests."""
+    the real port is written to ``port_file`` (atomically) once the server accepts requests.
+    ``link_base``: see :func:`fusefs.emulator.app.create_app`."""
     plan = FaultPlan.load(faults_file) if faults_file is not None else None
-    app = create_app(world_dir, plan)
+    app = create_app(world_dir, plan, link_base=link_base)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -99,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 = pick a free port")
     parser.add_argument("--port-file", type=Path, help="write the real port here when ready")
     parser.add_argument("--faults", type=Path, help="fault plan (.json or .toml)")
+    parser.add_argument(
+        "--link-base",
+        metavar="URL",
+        help="KooDrive links of blob objects point at URL/<blob path> (a static server whose "
+        "root is the world dir) instead of the emulator itself",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -107,5 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not (args.world / "world.json").is_file():
         parser.error(f"{args.world}/world.json not found")
-    serve(args.world, args.host, args.port, args.port_file, args.faults)
+    try:
+        link_base = check_link_base(args.link_base)
+    except ValueError as exc:
+        parser.error(str(exc))
+    serve(args.world, args.host, args.port, args.port_file, args.faults, link_base)
     return 0

@@ -111,10 +111,19 @@ class Token:
 class World:
     """All emulator state. ``clock()`` returns epoch seconds (injectable for tests)."""
 
-    def __init__(self, world_dir: Path, faults: FaultEngine, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        world_dir: Path,
+        faults: FaultEngine,
+        clock: Callable[[], float],
+        link_base: str | None = None,
+    ) -> None:
         self.dir = world_dir
         self.faults = faults
         self.clock = clock
+        # KooDrive links of blob objects point at <link_base>/<blob path> (an external static
+        # server holding the world dir) instead of the emulator's own OBS route
+        self.link_base = link_base
         self.secret = secrets.token_bytes(32)  # signs presigned OBS URLs
         self.stats: dict[str, RouteStats] = {}
         self.load()

@@ -167,14 +167,15 @@ def dump_json(obj: object) -> bytes:
 class _Gen:
     """The one source of randomness, ids and contents of a world being generated."""
 
-    def __init__(self, root: Path, seed: int, scale: Scale) -> None:
+    def __init__(self, root: Path, seed: int, scale: Scale, *, blobs: bool = True) -> None:
         self.root = root
         self.seed = seed
         self.scale = scale
         self.rng = random.Random(seed)
         self._blobs = 0
         self._ids: set[str] = set()
-        (root / "blobs").mkdir(parents=True, exist_ok=True)
+        if blobs:
+            (root / "blobs").mkdir(parents=True, exist_ok=True)
 
     def unique(self, make: Callable[[], str]) -> str:
         while (value := make()) in self._ids:
@@ -506,10 +507,20 @@ class _Drive:
         self.entries: list[Json] = []
         self._clock = KOODRIVE_BASE
 
-    def _add(self, parent: str, name: str, folder: bool, size: int, text: bool) -> str:
+    def _add(
+        self,
+        parent: str,
+        name: str,
+        folder: bool,
+        size: int,
+        text: bool,
+        content: Json | None = None,
+    ) -> str:
         file_id = self.g.unique(lambda: "F" + self.g.chars(_FILE_ID_CHARS, 32))
         self._clock += timedelta(seconds=self.g.rng.randrange(1, 600), milliseconds=1)
         edited = self._clock + timedelta(milliseconds=self.g.rng.randrange(0, 3_600_000))
+        if content is None and not folder:
+            content = self.g.content(file_id, size, text=text)
         self.entries.append(
             {
                 "id": file_id,
@@ -518,7 +529,7 @@ class _Drive:
                 "folder": folder,
                 "createdTime": _ms_time(self._clock),
                 "editedTime": _ms_time(edited),
-                "content": None if folder else self.g.content(file_id, size, text=text),
+                "content": content,
             }
         )
         return file_id
@@ -974,6 +985,64 @@ def generate(out_dir: Path, seed: int, scale: str, *, expected_big: bool = True)
         raise
 
 
+def generate_from_files(
+    world_dir: Path,
+    subdir: str = "files",
+    *,
+    seed: int = 1,
+    md5s: dict[str, str] | None = None,
+) -> Json:
+    """Write ``world_dir/world.json`` for the files already under ``world_dir/subdir``.
+
+    The world has one KooDrive container (a personal space) whose tree mirrors ``subdir``; every
+    file is a blob at its own path (``<subdir>/a/b.bin``), so a static server whose root is
+    ``world_dir`` holds the very bytes the emulator lists (``--link-base``, docs/emulator.md).
+    EnOS, IoTDA and ROMA are empty. ``md5s`` (blob path -> md5) spares hashing files whose md5
+    the caller already knows. Ids and times are deterministic (``seed``, sorted names).
+    Returns the world dict.
+    """
+    world_dir = Path(world_dir).absolute()
+    root = world_dir / subdir
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory")
+    g = _Gen(world_dir, seed, SCALES["tiny"], blobs=False)
+    project_id = g.hex(32)
+    d = _Drive(g)
+    known = md5s or {}
+
+    def walk(folder: Path, parent: str) -> None:
+        for child in sorted(folder.iterdir(), key=lambda p: p.name):
+            if child.is_dir():
+                walk(child, d.folder(parent, child.name))
+                continue
+            blob = child.relative_to(world_dir).as_posix()
+            md5 = known.get(blob)
+            if md5 is None:
+                h = hashlib.md5()
+                with open(child, "rb") as f:
+                    while chunk := f.read(MiB):
+                        h.update(chunk)
+                md5 = h.hexdigest()
+            content = Content(size=child.stat().st_size, md5=md5, blob=blob).to_json()
+            d._add(parent, child.name, False, 0, False, content)
+
+    walk(root, "root")
+    world: Json = {
+        "format": 1,
+        "seed": seed,
+        "scale": f"files:{subdir}",
+        "credentials": _credentials(g, project_id),
+        "enos": {"orgs": []},
+        "koodrive": {"containers": [d.to_json(subdir, "1", None)]},
+        "iotda": {"projectId": project_id, "instanceId": g.uuid(), "tasks": []},
+        "roma": {"projectId": project_id, "instances": []},
+    }
+    tmp = world_dir / f".world.json.tmp-{os.getpid()}"
+    tmp.write_bytes(dump_json(world))
+    os.replace(tmp, world_dir / "world.json")
+    return world
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fusefs world", description="deterministic test worlds")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -987,10 +1056,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help=f"leave files >= {EXPECTED_BIG_MIN // MiB} MiB out of expected/ (see manifest.json)",
     )
+    files = sub.add_parser(
+        "from-files",
+        help="write DIR/world.json: one KooDrive space mirroring the files under DIR/SUBDIR",
+    )
+    files.add_argument("dir", type=Path)
+    files.add_argument("--subdir", default="files", help="folder under DIR to mirror")
+    files.add_argument("--seed", type=int, default=1)
+    files.add_argument(
+        "--md5s", type=Path, help="JSON object {blob path: md5} of files not to hash again"
+    )
     args = parser.parse_args(argv)
     try:
-        generate(args.dir, args.seed, args.scale, expected_big=args.expected_big)
-    except FileExistsError as exc:
+        if args.command == "from-files":
+            md5s = json.loads(args.md5s.read_text()) if args.md5s else None
+            generate_from_files(args.dir, args.subdir, seed=args.seed, md5s=md5s)
+        else:
+            generate(args.dir, args.seed, args.scale, expected_big=args.expected_big)
+    except (FileExistsError, FileNotFoundError) as exc:
         parser.error(str(exc))
     return 0
 

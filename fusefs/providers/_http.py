@@ -19,8 +19,10 @@ every wait, including retries.
 from __future__ import annotations
 
 import email.utils
+import http.client
 import logging
 import random
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
@@ -30,11 +32,13 @@ from typing import TypeVar
 import httpx
 import trio
 
+from fusefs.providers._bulk import MAX_JSON_BODY, Attempt, BulkClient, content_range
 from fusefs.providers.base import (
     AuthError,
     ObjectNotFound,
     ProtocolError,
     ProviderError,
+    RangeSink,
     TransientError,
     Unavailable,
     VersionMismatch,
@@ -204,21 +208,6 @@ class _Stale(Exception):
         self.status = status
 
 
-def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    """``bytes a-b/total`` → (a, b, total or None)."""
-    if not value:
-        return None
-    try:
-        unit, _, rest = value.strip().partition(" ")
-        span, _, total = rest.partition("/")
-        first, _, last = span.partition("-")
-        if unit.lower() != "bytes":
-            return None
-        return int(first), int(last), (None if total.strip() in ("", "*") else int(total))
-    except ValueError:
-        return None
-
-
 async def stream_range(
     client: httpx.AsyncClient,
     call: str,
@@ -266,7 +255,7 @@ async def stream_range(
                 ) as resp:
                     log.debug("%s: GET %s -> %d", call, headers["Range"], resp.status_code)
                     if resp.status_code == 206:
-                        cr = _content_range(resp.headers.get("content-range"))
+                        cr = content_range(resp.headers.get("content-range"))
                         if cr is None or cr[0] != pos:
                             raise ProtocolError(
                                 f"206 with Content-Range {resp.headers.get('content-range')!r} "
@@ -364,6 +353,169 @@ async def stream_range(
                 delay,
             )
             await trio.sleep(delay)
+
+
+async def download_range(
+    bulk: BulkClient,
+    call: str,
+    get_target: GetTarget,
+    offset: int,
+    length: int,
+    sink: RangeSink,
+    *,
+    expected_size: int | None = None,
+    classify: Classify | None = None,
+    is_stale: Callable[[httpx.Response], bool] | None = None,
+    json_error: Callable[[bytes], ProviderError | None] | None = None,
+    policy: RetryPolicy = DEFAULT_RETRY,
+) -> None:
+    """Receive bytes ``[offset, offset+length)`` into ``sink``, as :func:`stream_range` yields
+    them: the same resume, link refresh, size check and error classification, but the body is
+    received by ``bulk`` in a worker thread, straight into the sink's buffers."""
+    if offset < 0 or length < 0:
+        raise ValueError(f"bad range offset={offset} length={length}")
+    end = offset + length
+    if expected_size is not None:
+        end = min(end, expected_size)
+    pos = offset
+    failures = 0
+    stale_in_a_row = 0
+    stale = False
+    stale_check = is_stale or (lambda r: r.status_code in (401, 403))
+    while pos < end:
+        target = await get_target(stale)
+        stale = False
+        attempt = Attempt()
+        progressed = False
+        try:
+            try:
+                answer = await trio.to_thread.run_sync(
+                    bulk.get_into,
+                    target.url,
+                    target.params,
+                    dict(target.headers),
+                    pos,
+                    end,
+                    sink,
+                    attempt,
+                    json_error is not None,
+                    abandon_on_cancel=True,
+                )
+            except BaseException:
+                attempt.stop()  # cancelled: the thread stops at its next receive
+                raise
+            log.debug("%s: GET bytes=%d-%d -> %d", call, pos, end - 1, answer.status)
+            if answer.bad_range:
+                raise ProtocolError(
+                    f"206 with Content-Range {answer.headers.get('content-range')!r} "
+                    f"for a request from byte {pos}",
+                    call=call,
+                )
+            if answer.received:
+                pos += answer.received
+                progressed = True
+                failures = 0
+                stale_in_a_row = 0
+            if answer.status in (200, 206) and not answer.body:
+                if answer.status == 206:
+                    cr = content_range(answer.headers.get("content-range"))
+                    total = cr[2] if cr is not None else None
+                else:
+                    cl = answer.headers.get("content-length", "")
+                    total = int(cl) if cl.isdigit() else None
+                if expected_size is not None and total is not None and total != expected_size:
+                    raise VersionMismatch(
+                        f"object is now {total} bytes, was listed with {expected_size}",
+                        call=call,
+                    )
+                if pos >= end:
+                    return
+                if total is not None and total <= pos:
+                    raise ProtocolError(
+                        f"object ends at byte {total}, before the requested end {end}", call=call
+                    )
+                raise TransientError(f"body ended at byte {pos}, wanted {end}", call=call)
+            resp = httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+            if answer.status in (200, 206):  # a JSON answer: an error envelope, or JSON bytes
+                err = json_error(answer.body) if json_error is not None else None
+                if err is not None:
+                    raise err
+                if answer.status == 206:
+                    cr = content_range(answer.headers.get("content-range"))
+                    if cr is None or cr[0] != pos:
+                        raise ProtocolError(
+                            f"206 with Content-Range {answer.headers.get('content-range')!r} "
+                            f"for a request from byte {pos}",
+                            call=call,
+                        )
+                    data = memoryview(answer.body)
+                else:
+                    data = memoryview(answer.body)[pos:]
+                data = data[: end - pos]
+                if len(answer.body) >= MAX_JSON_BODY:
+                    raise ProtocolError("JSON body too large to check", call=call)
+                while data:
+                    view = sink.buffer(pos)
+                    n = min(len(view), len(data))
+                    view[:n] = data[:n]
+                    await trio.to_thread.run_sync(sink.received, pos, n)
+                    pos += n
+                    data = data[n:]
+                if pos < end:
+                    raise TransientError(f"body ended at byte {pos}, wanted {end}", call=call)
+                return
+            if stale_check(resp):
+                raise _Stale(answer.status)
+            err = classify(resp, call) if classify else None
+            raise err or error_for_status(
+                answer.status, call, short_body(answer.body), answer.headers
+            )
+        except _Stale as exc:
+            stale_in_a_row += 1
+            if stale_in_a_row > 2:
+                if exc.status == 404:
+                    raise ObjectNotFound(
+                        "object not found even with a fresh link", call=call
+                    ) from None
+                raise AuthError(
+                    f"download rejected ({exc}) even with a fresh link", call=call
+                ) from None
+            log.warning("%s: link/credentials rejected (%s) at byte %d; refreshing", call, exc, pos)
+            stale = True
+        except (OSError, http.client.HTTPException) as exc:
+            if not progressed:
+                failures += 1
+            transient: TransientError = (
+                Unavailable(f"cannot connect: {exc}", call=call)
+                if isinstance(exc, ConnectionRefusedError | socket.gaierror)
+                else TransientError(f"{type(exc).__name__}: {exc}", call=call)
+            )
+            await _backoff(transient, call, pos, failures, policy)
+        except TransientError as exc:
+            if not progressed:
+                failures += 1
+            await _backoff(exc, call, pos, failures, policy)
+        except ValueError as exc:  # a URL http.client cannot use
+            raise ProtocolError(f"bad download URL: {exc}", call=call) from None
+
+
+async def _backoff(
+    exc: TransientError, call: str, pos: int, failures: int, policy: RetryPolicy
+) -> None:
+    limit = policy.unavailable_attempts if isinstance(exc, Unavailable) else policy.attempts
+    if failures >= limit:
+        raise exc
+    delay = policy.delay(max(failures, 1), exc.retry_after)
+    log.warning(
+        "%s failed at byte %d (%s); resuming (%d/%d) in %.2fs",
+        call,
+        pos,
+        exc,
+        failures,
+        limit - 1,
+        delay,
+    )
+    await trio.sleep(delay)
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:

@@ -60,6 +60,20 @@ class Capabilities:
     max_concurrency: int = 4  # concurrent downloads this provider tolerates
 
 
+class RangeSink(Protocol):
+    """Where a ranged download puts its bytes, in order, from a worker thread.
+
+    The downloader asks for ``buffer(pos)`` (a writable view starting at absolute byte ``pos``),
+    receives into it, then calls ``received(pos, n)``. After a cut it resumes at the byte
+    reached: the sink keeps what it was given. The sink writes to disk and notifies the event
+    loop itself; it may raise ``Cancelled`` (below) to stop the download.
+    """
+
+    def buffer(self, pos: int) -> memoryview: ...
+
+    def received(self, pos: int, n: int) -> None: ...
+
+
 class Provider(Protocol):
     name: str  # directory name under the mount root: enos, koodrive, iotda, roma
     capabilities: Capabilities
@@ -78,6 +92,10 @@ class Provider(Protocol):
         and ``length is None`` and yield the whole object.
         """
         ...
+
+    # Optional, for ranged providers: ``async fetch_range(ref, offset, length, sink) -> None``
+    # receives the bytes into ``sink`` (a RangeSink) off the event loop; the cache uses it when
+    # present and falls back to ``open_stream`` otherwise.
 
     def describe(self, ref: ObjectRef) -> dict[str, str]:
         """Live per-object state for ``user.fusefs.*`` xattrs (e.g. a download link's expiry)."""

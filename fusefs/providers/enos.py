@@ -20,7 +20,7 @@ import json
 import logging
 import posixpath
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +28,12 @@ from typing import Any
 import httpx
 import trio
 
+from fusefs.providers._bulk import BulkClient
 from fusefs.providers._http import (
     DEFAULT_RETRY,
     RetryPolicy,
     Target,
+    download_range,
     error_for_status,
     gather_limited,
     is_json,
@@ -48,6 +50,7 @@ from fusefs.providers.base import (
     ObjectRef,
     ProtocolError,
     ProviderError,
+    RangeSink,
     RemoteEntry,
     TransientError,
     VersionMismatch,
@@ -218,6 +221,14 @@ class EnosAuth:
         return token
 
 
+@dataclass(frozen=True, slots=True)
+class _DownloadSpec:
+    call: str
+    get_target: Callable[[bool], Awaitable[Target]]
+    classify: Callable[[httpx.Response, str], ProviderError | None]
+    json_error: Callable[[bytes], ProviderError | None]
+
+
 @dataclass(slots=True)
 class _OrgInfo:
     fetched_at: float
@@ -245,8 +256,10 @@ class EnosProvider:
         metadata_ttl: float = 30.0,
         file_info_concurrency: int = 8,
         page_size: int = 100,
+        bulk: BulkClient | None = None,
     ) -> None:
         self._client = client
+        self._bulk = bulk or BulkClient()
         self._apigw = apigw_url.rstrip("/")
         self._integ = (integration_url or apigw_url).rstrip("/")
         self._orgs = list(orgs)
@@ -719,9 +732,7 @@ class EnosProvider:
         if current is None or current.version != ref.version:
             raise VersionMismatch(f"firmware {ident} changed", call="enos.getFirmware")
 
-    def open_stream(
-        self, ref: ObjectRef, offset: int = 0, length: int | None = None
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+    def _download_spec(self, ref: ObjectRef) -> _DownloadSpec:
         kind, org, asset, ident = self._parse_file_key(ref.key)
         if kind == "file":
             call = "enos.downloadFile"
@@ -760,18 +771,25 @@ class EnosProvider:
                 return None
             return envelope_error(env, call)
 
+        return _DownloadSpec(call, get_target, classify, json_error)
+
+    def open_stream(
+        self, ref: ObjectRef, offset: int = 0, length: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        spec = self._download_spec(ref)
+
         @asynccontextmanager
         async def cm() -> AsyncIterator[AsyncIterator[bytes]]:
             gen = stream_range(
                 self._client,
-                call,
-                get_target,
+                spec.call,
+                spec.get_target,
                 offset,
                 length,
                 expected_size=ref.size,
-                classify=classify,
+                classify=spec.classify,
                 is_stale=lambda r: r.status_code == 401,
-                json_error=json_error,
+                json_error=spec.json_error,
                 policy=self._retry,
             )
             try:
@@ -780,3 +798,20 @@ class EnosProvider:
                 await gen.aclose()  # type: ignore[attr-defined]
 
         return cm()
+
+    async def fetch_range(self, ref: ObjectRef, offset: int, length: int, sink: RangeSink) -> None:
+        """Bytes ``[offset, offset+length)`` into ``sink``, received off the event loop."""
+        spec = self._download_spec(ref)
+        await download_range(
+            self._bulk,
+            spec.call,
+            spec.get_target,
+            offset,
+            length,
+            sink,
+            expected_size=ref.size,
+            classify=spec.classify,
+            is_stale=lambda r: r.status_code == 401,
+            json_error=spec.json_error,
+            policy=self._retry,
+        )

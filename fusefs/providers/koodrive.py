@@ -32,10 +32,12 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 import trio
 
+from fusefs.providers._bulk import BulkClient
 from fusefs.providers._http import (
     DEFAULT_RETRY,
     RetryPolicy,
     Target,
+    download_range,
     error_for_status,
     map_http_errors,
     retry,
@@ -51,6 +53,7 @@ from fusefs.providers.base import (
     ObjectRef,
     ProtocolError,
     ProviderError,
+    RangeSink,
     RemoteEntry,
     TransientError,
 )
@@ -292,10 +295,12 @@ class KoodriveProvider:
         batch_window: float = 0.02,
         page_size: int = 100,
         sibling_hint_ttl: float = 60.0,
+        bulk: BulkClient | None = None,
     ) -> None:
         if (token is None) == (signer is None):
             raise ValueError("give exactly one of token= or signer=")
         self._client = client
+        self._bulk = bulk or BulkClient()
         self._url = url.rstrip("/")
         self._containers = {c.id: c for c in containers}
         self._token = token
@@ -550,35 +555,40 @@ class KoodriveProvider:
 
     # ---- bytes ---------------------------------------------------------------------------------
 
-    def open_stream(
-        self, ref: ObjectRef, offset: int = 0, length: int | None = None
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+    def _link_target(self, ref: ObjectRef) -> Callable[[bool], Awaitable[Target]]:
         kind, _, rest = ref.key.partition("/")
         cid, _, fid = rest.partition("/")
         if kind != "f" or not fid:
             raise ObjectNotFound(f"not a KooDrive file key: {ref.key!r}", call="koodrive.open")
-        call = "koodrive.obsGet"
 
         async def get_target(stale: bool) -> Target:
             return Target(await self.download_link(cid, fid, fresh=stale), {})
 
-        def is_stale(resp: httpx.Response) -> bool:
-            # 403: the link expired or was refused; 404: the file got new content, which
-            # lives under a new object key: both need a fresh link from KooDrive
-            return resp.status_code in (403, 404) or (
-                resp.status_code == 400 and b"xpired" in resp.content[:2000]
-            )
+        return get_target
+
+    @staticmethod
+    def _is_stale(resp: httpx.Response) -> bool:
+        # 403: the link expired or was refused; 404: the file got new content, which lives
+        # under a new object key: both need a fresh link from KooDrive
+        return resp.status_code in (403, 404) or (
+            resp.status_code == 400 and b"xpired" in resp.content[:2000]
+        )
+
+    def open_stream(
+        self, ref: ObjectRef, offset: int = 0, length: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        get_target = self._link_target(ref)
 
         @asynccontextmanager
         async def cm() -> AsyncIterator[AsyncIterator[bytes]]:
             gen = stream_range(
                 self._client,
-                call,
+                "koodrive.obsGet",
                 get_target,
                 offset,
                 length,
                 expected_size=ref.size,
-                is_stale=is_stale,
+                is_stale=self._is_stale,
                 policy=self._retry,
             )
             try:
@@ -587,3 +597,17 @@ class KoodriveProvider:
                 await gen.aclose()  # type: ignore[attr-defined]
 
         return cm()
+
+    async def fetch_range(self, ref: ObjectRef, offset: int, length: int, sink: RangeSink) -> None:
+        """Bytes ``[offset, offset+length)`` into ``sink``, received off the event loop."""
+        await download_range(
+            self._bulk,
+            "koodrive.obsGet",
+            self._link_target(ref),
+            offset,
+            length,
+            sink,
+            expected_size=ref.size,
+            is_stale=self._is_stale,
+            policy=self._retry,
+        )

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import httpx
 
 from fusefs.config import MountConfig
+from fusefs.providers._bulk import BulkClient
 from fusefs.providers._http import DEFAULT_RETRY, RetryPolicy
 from fusefs.providers._iam import IamTokenSource
 from fusefs.providers.base import Provider
@@ -26,9 +27,11 @@ class BuildContext:
         client: httpx.AsyncClient,
         clock: Callable[[], float] = time.time,
         retry_policy: RetryPolicy = DEFAULT_RETRY,
+        bulk: BulkClient | None = None,
     ) -> None:
         self.cfg = cfg
         self.client = client
+        self.bulk = bulk or BulkClient()
         self.clock = clock
         self.retry = retry_policy
         self._iam: IamTokenSource | None = None
@@ -57,6 +60,7 @@ def _enos(ctx: BuildContext) -> Provider | None:
         return None
     return EnosProvider(
         ctx.client,
+        bulk=ctx.bulk,
         apigw_url=c.apigw_url,
         integration_url=c.integration_url,
         app_key=c.app_key,
@@ -77,11 +81,13 @@ def _koodrive(ctx: BuildContext) -> Provider | None:
         signer = AppSigner(c.app_id, c.app_secret.reveal(), c.user_id, clock=ctx.clock)
         return KoodriveProvider(
             ctx.client, url=c.url, containers=containers, signer=signer, clock=ctx.clock,
+            bulk=ctx.bulk,
             retry_policy=ctx.retry,
         )  # fmt: skip
     assert c.token is not None
     return KoodriveProvider(
         ctx.client, url=c.url, containers=containers, token=c.token.reveal(), clock=ctx.clock,
+        bulk=ctx.bulk,
         retry_policy=ctx.retry,
     )  # fmt: skip
 
@@ -133,9 +139,11 @@ def build_providers(
     *,
     clock: Callable[[], float] = time.time,
     retry_policy: RetryPolicy = DEFAULT_RETRY,
+    bulk: BulkClient | None = None,
 ) -> list[Provider]:
-    """One provider per configured section (absent section = not mounted), sharing ``client``."""
-    ctx = BuildContext(cfg, client, clock, retry_policy)
+    """One provider per configured section (absent section = not mounted), sharing ``client``
+    (API calls) and ``bulk`` (object bodies)."""
+    ctx = BuildContext(cfg, client, clock, retry_policy, bulk)
     out = []
     for factory in REGISTRY.values():
         provider = factory(ctx)

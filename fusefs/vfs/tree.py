@@ -41,9 +41,10 @@ log = logging.getLogger(__name__)
 
 InodeNo = NewType("InodeNo", int)
 ROOT_INO = InodeNo(1)
+StateValue = str | int | bool
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # 10,000s of them: no per-instance dict
 class Node:
     ino: InodeNo
     parent: InodeNo
@@ -58,10 +59,15 @@ class Node:
     lookups: int = 0
     children: dict[str, InodeNo] | None = None  # None: never listed
     order: list[str] = field(default_factory=list)
+    # (name, child) in order, rebuilt by each refresh and never changed in place: readdir
+    # hands it out as is (a snapshot for a directory handle) instead of building a new list
+    listing: Sequence[tuple[str, Node]] = ()
     listed_at: float = -math.inf
     refreshing: trio.Event | None = None
     version_seen: str | None = None  # version at the last open (keep_cache decision)
     detached: bool = False  # no longer in its parent's listing
+    # the FUSE adapter's attributes object for this node, keyed by (size, mtime_ns, ctime_ns)
+    adapter_attrs: tuple[tuple[int | None, int, int], object] | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -128,6 +134,7 @@ class VirtualTree:
             self.nodes[ino] = node
             root.children[p.name] = ino
             root.order.append(p.name)
+        root.listing = [(name, self.nodes[ino]) for name, ino in root.children.items()]
         root.mtime_ns = root.ctime_ns = now_ns
 
     def _new_ino(self) -> InodeNo:
@@ -200,8 +207,8 @@ class VirtualTree:
             entries = self._keep_consumed(node, entries)
         self._apply_listing(node, entries)
         node.listed_at = self.clock()
-        if self.snapshots is not None:
-            self.snapshots.save(provider.name, node.key, entries)
+        if self.snapshots is not None:  # written by a worker thread, not here
+            self.snapshots.save_soon(provider.name, node.key, entries)
 
     def _retry_soon(self, node: Node) -> None:
         node.listed_at = self.clock() - self.dir_ttl + min(self.dir_ttl, 5.0)
@@ -253,6 +260,8 @@ class VirtualTree:
                     self._detach(gone)
         node.children = new
         node.order = sorted(new)
+        nodes = self.nodes
+        node.listing = [(name, nodes[new[name]]) for name in node.order]
 
     def _update_child(self, child: Node, entry: RemoteEntry) -> None:
         child.entry = entry
@@ -280,6 +289,7 @@ class VirtualTree:
                 if child is not None:
                     self._detach(child)
             node.children = None
+            node.listing = ()
 
     # -- operations used by fuse_ops ---------------------------------------------------------
     async def lookup(self, parent_ino: int, name: str) -> Node:
@@ -306,11 +316,12 @@ class VirtualTree:
                     log.debug("revalidating %s failed: %s", self.describe(node), exc)
         return node
 
-    async def readdir(self, ino: int) -> list[tuple[str, Node]]:
+    async def readdir(self, ino: int) -> Sequence[tuple[str, Node]]:
+        """The directory's entries in order (shared: callers must not change it)."""
         node = self.node(ino)
         await self.ensure_listing(node)
         assert node.children is not None
-        return [(name, self.nodes[node.children[name]]) for name in node.order]
+        return node.listing
 
     def remember(self, node: Node) -> None:
         node.lookups += 1
@@ -322,6 +333,34 @@ class VirtualTree:
                 continue
             node.lookups -= n
             self._maybe_drop(node)
+
+    def state(self, node: Node) -> dict[str, StateValue]:
+        """What the mount knows about one entry: `fusefs info`, and the user.fusefs.* xattrs.
+
+        Answered from memory and the cache index: never a remote call, never a download.
+        """
+        if node.provider is None or node.entry is None:
+            return {}
+        e = node.entry
+        out: dict[str, StateValue] = {
+            "provider": node.provider.name,
+            "remote_id": e.remote_id,
+            "remote_name": e.name,
+            "version": e.version,
+        }
+        if e.md5:
+            out["md5"] = e.md5
+        if not node.is_dir:
+            obj = self.cache.object(node.provider, self.ref(node))
+            cached = self.cache.cached_bytes(obj)
+            size = obj.size
+            out["cached_bytes"] = cached
+            out["cached_percent"] = 100 if size == 0 else (cached * 100 // size if size else 0)
+            out["pinned"] = obj.pinned
+            out["size_known"] = node.size is not None
+            out.update(node.provider.describe(obj.ref))
+        out.update(e.extra)
+        return out
 
     def ref(self, node: Node) -> ObjectRef:
         assert node.provider is not None and node.entry is not None

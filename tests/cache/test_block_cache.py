@@ -79,6 +79,41 @@ async def test_concurrent_readers_share_one_download(cache: BlockCache) -> None:
     assert fetched == size, p.requests
 
 
+def evict_page_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+async def test_corrupt_segment_is_checked_after_a_restart(tmp_path: Path) -> None:
+    """A new daemon checks every segment the first time it reads it, page cache or not."""
+    p = FakeProvider()
+    size = 4 * BS
+    ref = p.add("obj", size)
+    root = tmp_path / "cache"
+    for run in range(2):
+        c = BlockCache(root, block_size=BS, max_bytes=64 * BS, min_free_ratio=0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(c.run)
+            obj = c.object(p, ref)
+            if run == 0:
+                assert await read_all(FileReader(c, obj), size) == object_bytes("obj", size)
+                await c.flush(obj.oid)
+                path = Path(c.store.data_path(obj.oid))
+                raw = bytearray(path.read_bytes())
+                raw[BS + 5] ^= 0x01  # in the page cache, not only on disk
+                path.write_bytes(bytes(raw))
+            else:
+                p.requests.clear()
+                assert await read_all(FileReader(c, obj), size) == object_bytes("obj", size)
+                assert c.store.corrupt_blocks == 1
+                assert p.requests == [("obj", BS, BS)]
+            nursery.cancel_scope.cancel()
+
+
 async def test_corrupt_block_is_refetched_never_served(cache: BlockCache, tmp_path: Path) -> None:
     p = FakeProvider()
     ref = p.add("obj", 4 * BS)
@@ -89,7 +124,8 @@ async def test_corrupt_block_is_refetched_never_served(cache: BlockCache, tmp_pa
     raw = bytearray(path.read_bytes())
     raw[2 * BS + 10] ^= 0xFF  # one bit of block 2 on disk
     path.write_bytes(bytes(raw))
-    cache._mem.clear()  # force the next read to come from disk
+    evict_page_cache(path)  # the corruption is at rest: the next read comes from the disk
+    cache._mem.clear()  # force the next read to come from the file
     cache._mem_bytes = 0
     p.requests.clear()
     got = await FileReader(cache, obj).read(2 * BS, BS)
@@ -113,7 +149,7 @@ async def test_cap_holds_and_pinned_objects_are_exempt(cache: BlockCache) -> Non
         assert cache.store.unpinned_bytes <= 64 * BS
     # the one-shot archive survived every eviction
     for i in range(20):
-        assert cache.store.load(pobj.oid, i) is not None
+        assert cache.store.has(pobj.oid, i)
     assert cache.store.pinned_bytes >= 20 * BS
 
 
