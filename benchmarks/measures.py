@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .dataset import huge_header
-from .util import MiB, BenchError, WrongBytes, median, percentile
+from .util import BenchError, MiB, WrongBytes, median, percentile
 
 READ = MiB
 CHECK = 4 * MiB
@@ -63,26 +63,40 @@ def seq_read(path: Path, cap_s: float, limit: int | None = None) -> ReadResult:
 
 
 def check_range(path: Path, source: Path, length: int, offset: int = 0) -> None:
-    """Compare ``length`` bytes at ``offset`` of ``path`` with ``source``; WrongBytes if not equal."""
+    """Compare ``length`` bytes at ``offset`` of ``path`` with ``source`` (WrongBytes if not)."""
+    got, want = bytearray(CHECK), bytearray(CHECK)
     fd, sfd = os.open(path, os.O_RDONLY), os.open(source, os.O_RDONLY)
     try:
         pos, end = offset, offset + length
         while pos < end:
             n = min(CHECK, end - pos)
-            got, want = os.pread(fd, n, pos), os.pread(sfd, n, pos)
-            if got != want:
+            a = _pread_full(fd, got, n, pos)
+            b = _pread_full(sfd, want, n, pos)
+            same = got == want if a == b == CHECK else got[:a] == want[:b]
+            if not same:
                 bad = next(
-                    (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
-                    min(len(got), len(want)),
+                    (i for i in range(min(a, b)) if got[i] != want[i]),
+                    min(a, b),
                 )
                 raise WrongBytes(
                     f"{path}: byte {pos + bad} differs from the source {source} "
-                    f"(got {len(got)} bytes of {n} at {pos})"
+                    f"(got {a} bytes of {n} at {pos})"
                 )
             pos += n
     finally:
         os.close(fd)
         os.close(sfd)
+
+
+def _pread_full(fd: int, buf: bytearray, n: int, pos: int) -> int:
+    view = memoryview(buf)
+    done = 0
+    while done < n:
+        got = os.preadv(fd, [view[done:n]], pos + done)
+        if got == 0:
+            break
+        done += got
+    return done
 
 
 def offsets(size: int, n: int, seed: int, block: int = 4096) -> list[int]:
@@ -281,7 +295,9 @@ def parallel_read(path: Path, readers: int, cap_s: float) -> ParallelResult:
     if errors:
         raise BenchError(f"parallel read: {errors[0]!r}")
     complete = all(got[k] >= hi - lo for k, (lo, hi) in enumerate(bounds))
-    return ParallelResult(sum(got), elapsed, [(b[0], g) for b, g in zip(bounds, got, strict=True)], complete)
+    return ParallelResult(
+        sum(got), elapsed, [(b[0], g) for b, g in zip(bounds, got, strict=True)], complete
+    )
 
 
 @dataclass
@@ -295,8 +311,7 @@ def stream_huge(path: Path, cap_s: float) -> StreamResult:
     """Read the huge pattern object sequentially, checking every MiB as it arrives."""
     size = path.stat().st_size
     buf = bytearray(MiB)
-    view = memoryview(buf)
-    zeros = bytes(MiB)
+    expect = bytearray(MiB)
     fd = os.open(path, os.O_RDONLY)
     total = 0
     try:
@@ -305,14 +320,12 @@ def stream_huge(path: Path, cap_s: float) -> StreamResult:
         index = 0
         while total < size:
             want = min(MiB, size - total)
-            n = 0
-            while n < want:  # fill exactly one MiB (a read may return less)
-                got = os.readv(fd, [view[n:want]])
-                if got == 0:
-                    raise WrongBytes(f"{path}: EOF at {total + n} of {size}")
-                n += got
-            header = huge_header(index)[: min(32, want)]
-            if view[: len(header)] != header or view[len(header) : want] != zeros[: want - len(header)]:
+            n = _pread_full(fd, buf, want, total)
+            if n < want:
+                raise WrongBytes(f"{path}: EOF at {total + n} of {size}")
+            expect[:32] = huge_header(index)
+            same = buf == expect if want == MiB else buf[:want] == expect[:want]
+            if not same:
                 raise WrongBytes(f"{path}: MiB {index} differs from the source pattern")
             total += want
             index += 1

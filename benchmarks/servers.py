@@ -178,9 +178,7 @@ def start_nginx(ds: Dataset, work: Path, certs: Certs) -> Nginx:
         "proxy": free_port(),
     }
     conf = d / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(d=d, root=ds.root, cert=certs.cert, key=certs.key, **ports)
-    )
+    conf.write_text(NGINX_CONF.format(d=d, root=ds.root, cert=certs.cert, key=certs.key, **ports))
     run(["nginx", "-t", "-p", str(d), "-c", str(conf)])
     proc = Proc("nginx", ["nginx", "-p", str(d), "-c", str(conf)], work / "logs" / "nginx.log")
     proc.start()

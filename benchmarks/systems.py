@@ -89,7 +89,9 @@ class System:
                         f"{self.label} exited with {proc.poll()} before mounting:\n{tail(log)}"
                     )
                 if time.monotonic() > deadline:
-                    raise BenchError(f"{self.label}: no mount after {MOUNT_TIMEOUT:g} s:\n{tail(log)}")
+                    raise BenchError(
+                        f"{self.label}: no mount after {MOUNT_TIMEOUT:g} s:\n{tail(log)}"
+                    )
                 time.sleep(0.02)
             deadline = time.monotonic() + MOUNT_TIMEOUT
             while not root.is_dir():  # the first listing may take a moment

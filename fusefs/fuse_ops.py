@@ -198,13 +198,20 @@ class FuseOperations(pyfuse3.Operations):
             # one snapshot per handle: continuation ids stay valid while the listing changes
             handle.entries = await self.tree.readdir(handle.ino)
         entries = handle.entries
+        # the per-entry loop of every `ls -l` (READDIRPLUS): names bound once, attrs cached
+        nodes, attrs, remember, reply = (
+            self.tree.nodes,
+            self._attrs,
+            self.tree.remember,
+            pyfuse3.readdir_reply,
+        )
         for i in range(start_id, len(entries)):
             name, child = entries[i]
-            if child.ino not in self.tree.nodes:
+            if child.ino not in nodes:
                 continue
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(child), i + 1):
+            if not reply(token, os.fsencode(name), attrs(child), i + 1):
                 return
-            self.tree.remember(child)
+            remember(child)
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)

@@ -55,6 +55,15 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise MountError("/dev/fuse is missing: install fuse3 and load the fuse module")
 
 
+def private_cache_dir(path: Path) -> None:
+    """The cache holds names, ids and sizes of private cloud files: 0700, fixed if it is not."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("cache dir %s had mode %o: other users could read it; now 0700", path, mode)
+        path.chmod(0o700)
+
+
 def _tune_readahead(mountpoint: Path) -> None:
     """Let the kernel read ahead further than its 128 KiB default (needs root; best effort)."""
     try:
@@ -108,6 +117,7 @@ async def run_mount(cfg: MountConfig, mountpoint: Path, *, offline: bool = False
             providers = [OfflineProvider(p) for p in providers]
         for p in providers:
             stack.push_async_callback(p.aclose)
+        private_cache_dir(Path(cfg.cache.dir))
         cache = BlockCache(
             Path(cfg.cache.dir),
             block_size=cfg.cache.block_size,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 NAME_MAX = 255
 _EXT_MAX = 16
 _NEEDS_ESCAPE = re.compile("[%/\x00\ud800-\udfff]")
+_SHORT = NAME_MAX // 4  # UTF-8 needs at most 4 bytes per character
 
 
 def escape(name: str) -> str:
@@ -87,12 +88,17 @@ def _finish(remote_name: str, escaped: str, dup_id: str | None) -> str:
 def map_names(entries: Sequence[tuple[str, str]]) -> list[str]:
     """Map ``(remote name, remote id)`` pairs of one directory to unique file names (same order)."""
     escaped = [escape(name) for name, _ in entries]
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, e in enumerate(escaped):
-        groups[e].append(i)
     dup_id: dict[int, str] = {}
-    for members in groups.values():
-        members.sort(key=lambda i: entries[i][1])
-        for i in members[1:]:
-            dup_id[i] = entries[i][1]
-    return [_finish(name, escaped[i], dup_id.get(i)) for i, (name, _) in enumerate(entries)]
+    if len(set(escaped)) != len(escaped):
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, e in enumerate(escaped):
+            groups[e].append(i)
+        for members in groups.values():
+            members.sort(key=lambda i: entries[i][1])
+            for i in members[1:]:
+                dup_id[i] = entries[i][1]
+    # a unique name of at most NAME_MAX // 4 characters is its own file name (steps 3-4 keep it)
+    return [
+        e if len(e) <= _SHORT and i not in dup_id else _finish(entries[i][0], e, dup_id.get(i))
+        for i, e in enumerate(escaped)
+    ]

@@ -223,7 +223,7 @@ class BlockCache:
         self.max_request_blocks = max(1, max_request // block_size)
         self._mem: OrderedDict[BlockKey, bytes | bytearray] = OrderedDict()
         self._mem_bytes = 0
-        self._mem_cap = max(memory_budget // 4, 4 * block_size)
+        self._mem_cap = max(memory_budget // 8, 4 * block_size)
         # one block buffer per fetch in flight (the rest of a fetch is on disk, not in memory)
         self.budget = ByteBudget(max(memory_budget // 4, 2 * block_size))
         self._flights: dict[BlockKey, list[_Flight]] = {}
@@ -416,6 +416,25 @@ class BlockCache:
             if self._needs(obj, i):
                 return i
         return None
+
+    def on_disk_only(self, obj: CachedObject, index: int) -> bool:
+        """Block ``index`` is in the cache file but not in memory."""
+        key = (obj.oid, index)
+        if key in self._mem or key in self._pending or obj.size is None:
+            return False
+        return index < self.nblocks(obj) and self.store.has(obj.oid, index)
+
+    def disk_ahead(self, obj: CachedObject, first: int, last: int) -> None:
+        """Have the kernel read blocks [first, last] of the cache file into the page cache, in a
+        worker thread, so that the reads that follow find them there (no disk wait in line)."""
+        self._spawn(
+            trio.to_thread.run_sync,
+            self.store.advise_willneed,
+            obj.oid,
+            first,
+            last,
+            name=f"disk-ahead {obj.ref.key}[{first}:{last}]",
+        )
 
     # -- memory LRU of fresh blocks ----------------------------------------------------------
     def _remember(self, key: BlockKey, data: bytes | bytearray) -> None:

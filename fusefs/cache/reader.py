@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fusefs.cache.block_cache import BlockCache, CachedObject
 
-# The kernel reorders and splits readahead; jumps within this slack still count as sequential.
+# The kernel reorders and splits its readahead; jumps within this slack still count as
+# sequential: 1 MiB back, and forward 2 MiB or twice the current window (the kernel's own
+# readahead grows with ours, so its requests run ahead by about as much).
 _BACK_SLACK = 1 << 20
-_FORWARD_SLACK = 16 << 20
+_FORWARD_SLACK = 2 << 20
 
 
 class FileReader:
@@ -23,13 +25,15 @@ class FileReader:
         self.next_offset = 0
         self.reads = 0
         self.random_reads = 0
+        self.advised = -1  # last block the kernel was asked to read ahead from the cache file
 
     def _note_access(self, offset: int, end: int) -> None:
         expected = self.next_offset
         if self.reads == 0:  # a first read at a non-zero offset is taken as random (gcsfuse)
             sequential = offset == 0
         else:
-            sequential = expected - _BACK_SLACK <= offset <= expected + _FORWARD_SLACK
+            ahead = max(_FORWARD_SLACK, 2 * self.window * self.cache.block_size)
+            sequential = expected - _BACK_SLACK <= offset <= expected + ahead
         self.reads += 1
         if sequential:
             self.window = min(max(self.window * 2, 1), self.max_window_blocks)
@@ -47,6 +51,10 @@ class FileReader:
             return
         nblocks = cache.nblocks(obj)
         horizon = min(last + self.window, nblocks - 1)
+        if horizon > self.advised and cache.on_disk_only(obj, max(last + 1, self.advised + 1)):
+            # the window ahead is in the cache file: have the kernel read it in meanwhile
+            cache.disk_ahead(obj, max(last + 1, self.advised + 1), horizon)
+            self.advised = horizon
         # blocks the caller needs now: fetch them together with the read-ahead run that follows
         missing = cache.first_missing(obj, first, last)
         if missing is not None:

@@ -457,6 +457,20 @@ class BlockStore:
             return None
         return self.finish_read(oid, index, start, end, lo, buf, unchecked)
 
+    def advise_willneed(self, oid: str, first: int, last: int) -> None:
+        """File IO only (thread-safe): start reading blocks [first, last] into the page cache."""
+        try:
+            fd = os.open(self.data_path(oid), os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            bs = self.block_size
+            os.posix_fadvise(fd, first * bs, (last - first + 1) * bs, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
     def read_blocking(self, oid: str, index: int, plan: tuple[int, int, int]) -> bytes | None:
         """File IO only (thread-safe): the planned bytes, or None if the file is gone/short."""
         lo, hi, _ = plan

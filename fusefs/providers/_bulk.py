@@ -179,18 +179,17 @@ class BulkClient:
         try:
             if attempt.stopped.is_set():
                 raise Stopped
+            reused = conn.sock is not None
             try:
-                conn.request("GET", target, headers=hdrs)
-                resp = conn.getresponse()
+                resp = self._send(conn, target, hdrs)
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                # a kept-alive connection the server had closed: one fresh try
+                if not reused:
+                    raise
+                # a kept-alive connection the server had closed meanwhile: one fresh try
                 conn.close()
                 conn = self._new(*key)
                 attempt.conn = conn
-                conn.request("GET", target, headers=hdrs)
-                resp = conn.getresponse()
-            if conn.sock is not None:
-                conn.sock.settimeout(self.read_timeout)
+                resp = self._send(conn, target, hdrs)
             answer = Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()})
             ctype = answer.headers.get("content-type", "").lower()
             if resp.status not in (200, 206):
@@ -217,6 +216,18 @@ class BulkClient:
                 self._give_back(key, conn)
             else:
                 conn.close()
+
+    def _send(
+        self, conn: http.client.HTTPConnection, target: str, hdrs: dict[str, str]
+    ) -> http.client.HTTPResponse:
+        """Connect (within the connect timeout), then send and wait for the answer's head
+        within the read timeout, which also bounds every later receive."""
+        if conn.sock is None:
+            conn.connect()
+        assert conn.sock is not None
+        conn.sock.settimeout(self.read_timeout)
+        conn.request("GET", target, headers=hdrs)
+        return conn.getresponse()
 
     @staticmethod
     def _skip(resp: http.client.HTTPResponse, n: int, attempt: Attempt) -> None:

@@ -23,6 +23,7 @@ import http.client
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
@@ -487,7 +488,7 @@ async def download_range(
                 failures += 1
             transient: TransientError = (
                 Unavailable(f"cannot connect: {exc}", call=call)
-                if isinstance(exc, ConnectionRefusedError | socket.gaierror)
+                if isinstance(exc, ConnectionRefusedError | socket.gaierror | ssl.SSLError)
                 else TransientError(f"{type(exc).__name__}: {exc}", call=call)
             )
             await _backoff(transient, call, pos, failures, policy)

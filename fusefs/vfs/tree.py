@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NewType
 
 import trio
@@ -58,8 +58,7 @@ class Node:
     ctime_ns: int = 0
     lookups: int = 0
     children: dict[str, InodeNo] | None = None  # None: never listed
-    order: list[str] = field(default_factory=list)
-    # (name, child) in order, rebuilt by each refresh and never changed in place: readdir
+    # (name, child) sorted by name, rebuilt by each refresh and never changed in place: readdir
     # hands it out as is (a snapshot for a directory handle) instead of building a new list
     listing: Sequence[tuple[str, Node]] = ()
     listed_at: float = -math.inf
@@ -133,7 +132,6 @@ class VirtualTree:
             )
             self.nodes[ino] = node
             root.children[p.name] = ino
-            root.order.append(p.name)
         root.listing = [(name, self.nodes[ino]) for name, ino in root.children.items()]
         root.mtime_ns = root.ctime_ns = now_ns
 
@@ -259,9 +257,8 @@ class VirtualTree:
                 if gone is not None:
                     self._detach(gone)
         node.children = new
-        node.order = sorted(new)
         nodes = self.nodes
-        node.listing = [(name, nodes[new[name]]) for name in node.order]
+        node.listing = [(name, nodes[new[name]]) for name in sorted(new)]
 
     def _update_child(self, child: Node, entry: RemoteEntry) -> None:
         child.entry = entry

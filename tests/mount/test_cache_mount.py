@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -248,15 +249,14 @@ def test_offline_flag_and_operator_controls(
         assert r.returncode == 0, r.stderr
         assert f"pinned {len(inside)} files" in r.stdout
         f = max(inside, key=lambda f: f["size"])
-        attrs = subprocess.run(
-            ["getfattr", "-d", "-m", "user.fusefs", str(m.path / f["path"])],
-            capture_output=True,
-            text=True,
-        ).stdout
-        assert 'user.fusefs.pinned="1"' in attrs, attrs
-        assert 'user.fusefs.cached_percent="100"' in attrs
-        assert "user.fusefs.remote_id=" in attrs
-        assert "user.fusefs.link_expires_at=" in attrs
+        # per-file state through the control socket (mount.xattrs is off by default)
+        r = fusefs("info", "--json", str(m.path / f["path"]))
+        assert r.returncode == 0, r.stderr
+        state = json.loads(r.stdout)
+        assert state["pinned"] is True, state
+        assert state["cached_percent"] == 100
+        assert state["remote_id"] == f["remote_id"]
+        assert "link_expires_at" in state
         stats = fusefs("cache", "stats", str(m.path))
         assert "pinned_bytes" in stats.stdout and "hit_rate" in stats.stdout
         r = fusefs("cache", "clear", str(m.path))
@@ -323,12 +323,13 @@ def test_changed_file_is_read_anew_never_mixed(
     container = f["path"].split("/")[1]
 
     def version(path: Path) -> str:
-        return subprocess.run(
-            ["getfattr", "--only-values", "-n", "user.fusefs.version", str(path)],
+        out = subprocess.run(
+            [sys.executable, "-m", "fusefs", "info", "--json", str(path)],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
+        return str(json.loads(out)["version"])
 
     with mounted(world_tiny, emulator.url, workdir, mount_opts={"dir_ttl": 1.0}) as m:
         path = m.path / f["path"]
