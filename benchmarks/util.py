@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import statistics
@@ -216,11 +217,16 @@ def peak_rss_mib(pid: int) -> float:
     return total / 1024
 
 
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def is_mount(path: Path) -> bool:
-    try:
-        return os.path.ismount(path)
-    except OSError:  # a dead FUSE mount: ENOTCONN
-        return True
+    """From /proc/self/mountinfo: also true for a dead FUSE mount (ENOTCONN), which
+    ``os.path.ismount`` reports as not mounted."""
+    target = os.path.abspath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(_unescape(line.split()[4]) == target for line in f)
 
 
 def fuse_unmount(mnt: Path) -> None:

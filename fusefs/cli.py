@@ -234,7 +234,7 @@ def cmd_roma_export(args: argparse.Namespace) -> int:
     from fusefs.providers.roma import RomaProvider
 
     async def start() -> str:
-        async with make_http_client() as client:
+        async with make_http_client(cfg.http) as client:
             providers = build_providers(cfg, client)
             try:
                 roma = next((p for p in providers if isinstance(p, RomaProvider)), None)

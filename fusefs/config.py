@@ -131,9 +131,20 @@ class RomaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """How fusefs reaches the clouds (API calls and object bodies alike)."""
+
+    ca_bundle: Path | None = None  # PEM file of CAs to trust instead of the system store
+    proxy: str | None = None  # http(s)://host:port; default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0  # per receive, and for the head of every answer
+
+
+@dataclass(frozen=True, slots=True)
 class MountConfig:
     mount: MountOptions = field(default_factory=MountOptions)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     enos: EnosConfig | None = None
     koodrive: KoodriveConfig | None = None
     iam: IamConfig | None = None
@@ -518,9 +529,31 @@ def _roma(s: _Section) -> RomaConfig:
     return RomaConfig(url=s.url("url"), instances=tuple(out), project_id=s.str_("project_id"))
 
 
+def _http(s: _Section) -> HttpConfig:
+    _known(s, {"ca_bundle", "proxy", "connect_timeout", "read_timeout"})
+    ca: Path | None = None
+    raw = s.str_("ca_bundle")
+    if raw:
+        ca = Path(os.path.expandvars(os.path.expanduser(raw)))
+        if not ca.is_absolute():
+            ca = s.base / ca
+        if not ca.is_file():
+            raise s.err("ca_bundle", f"{ca} is not a file")
+    proxy = s.str_("proxy")
+    if proxy is not None and not re.match(r"^https?://[^/\s]+/?$", proxy):
+        raise s.err("proxy", f"must be http://host:port or https://host:port, got {proxy!r}")
+    return HttpConfig(
+        ca_bundle=ca,
+        proxy=proxy,
+        connect_timeout=s.float_("connect_timeout", 10.0),
+        read_timeout=s.float_("read_timeout", 30.0),
+    )
+
+
 _PARSERS = {
     "mount": _mount,
     "cache": _cache,
+    "http": _http,
     "enos": _enos,
     "koodrive": _koodrive,
     "iam": _iam,
@@ -582,6 +615,7 @@ def parse_config(
     return MountConfig(
         mount=parsed.get("mount", MountOptions()),
         cache=parsed.get("cache", CacheConfig()),
+        http=parsed.get("http", HttpConfig()),
         enos=parsed.get("enos"),
         koodrive=parsed.get("koodrive"),
         iam=parsed.get("iam"),

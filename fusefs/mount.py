@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import signal
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ import pyfuse3
 import trio
 
 from fusefs.cache.block_cache import BlockCache
+from fusefs.config import HttpConfig
 from fusefs.control import ControlServer, control_path
 from fusefs.fuse_ops import FuseOperations
 from fusefs.providers._bulk import BulkClient
@@ -95,10 +97,16 @@ def _larger_socket_reads() -> None:
         AsyncHTTP11Connection.READ_NUM_BYTES = 1 << 20
 
 
-def make_http_client() -> httpx.AsyncClient:
+def make_http_client(http: HttpConfig | None = None) -> httpx.AsyncClient:
+    http = http or HttpConfig()
     _larger_socket_reads()
+    verify: ssl.SSLContext | bool = True
+    if http.ca_bundle is not None:
+        verify = ssl.create_default_context(cafile=str(http.ca_bundle))
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(30.0, connect=10.0),
+        timeout=httpx.Timeout(http.read_timeout, connect=http.connect_timeout),
+        verify=verify,
+        proxy=http.proxy,
         limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         follow_redirects=False,
         headers={"User-Agent": "fusefs/0.1"},
@@ -108,8 +116,14 @@ def make_http_client() -> httpx.AsyncClient:
 async def run_mount(cfg: MountConfig, mountpoint: Path, *, offline: bool = False) -> None:
     check_mountpoint(mountpoint)
     async with contextlib.AsyncExitStack() as stack:
-        client = await stack.enter_async_context(make_http_client())
-        bulk = BulkClient(connect_timeout=10.0, read_timeout=30.0, user_agent="fusefs/0.1")
+        client = await stack.enter_async_context(make_http_client(cfg.http))
+        bulk = BulkClient(
+            connect_timeout=cfg.http.connect_timeout,
+            read_timeout=cfg.http.read_timeout,
+            ca_bundle=str(cfg.http.ca_bundle) if cfg.http.ca_bundle else None,
+            proxy=cfg.http.proxy,
+            user_agent="fusefs/0.1",
+        )
         stack.callback(bulk.close)
         providers: list[Provider] = list(build_providers(cfg, client, bulk=bulk))
         if offline:

@@ -81,9 +81,11 @@ class BulkClient:
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
         ca_bundle: str | None = None,
+        proxy: str | None = None,
         user_agent: str = "fusefs",
         max_idle: int = 32,
     ) -> None:
+        self._proxy = proxy  # None: from the environment, as httpx does
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.user_agent = user_agent
@@ -95,7 +97,7 @@ class BulkClient:
 
     # -- connections (any thread) ------------------------------------------------------------
     def _new(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
-        proxy = _proxy_for(scheme, host)
+        proxy = self._proxy_for(scheme, host)
         conn: http.client.HTTPConnection
         if proxy is not None:
             p = urlsplit(proxy)
@@ -130,6 +132,11 @@ class BulkClient:
                 idle.append(conn)
                 return
         conn.close()
+
+    def _proxy_for(self, scheme: str, host: str) -> str | None:
+        if self._proxy is not None:
+            return self._proxy
+        return _env_proxy_for(scheme, host)
 
     def close(self) -> None:
         with self._lock:
@@ -169,7 +176,7 @@ class BulkClient:
             query = (query + "&" if query else "") + urlencode(params)
         if query:
             target += "?" + query
-        if _proxy_for(scheme, u.hostname) is not None and scheme == "http":
+        if scheme == "http" and self._proxy_for(scheme, u.hostname) is not None:
             target = f"http://{u.netloc}{target}"
         hdrs = {"User-Agent": self.user_agent, "Accept-Encoding": "identity", **headers}
         hdrs["Range"] = f"bytes={pos}-" if end is None else f"bytes={pos}-{end - 1}"
@@ -280,7 +287,7 @@ def content_range(value: str | None) -> tuple[int, int, int | None] | None:
         return None
 
 
-def _proxy_for(scheme: str, host: str) -> str | None:
+def _env_proxy_for(scheme: str, host: str) -> str | None:
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(scheme) or proxies.get("all")
     if not proxy:

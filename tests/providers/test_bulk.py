@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.server
 import os
-import shutil
 import ssl
 import subprocess
 import threading
@@ -197,7 +196,6 @@ async def test_connection_refused_is_unavailable() -> None:
         await _fetch("http://127.0.0.1:9", _State(b"x"), 0, 1)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 async def test_tls_with_a_ca_bundle(tmp_path: Path) -> None:
     key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
     subprocess.run(

@@ -212,3 +212,26 @@ def test_koodrive_app_auth(tmp_path: Path) -> None:
     assert cfg.koodrive is not None and cfg.koodrive.auth == "app"
     assert cfg.koodrive.app_id == "a1" and cfg.koodrive.user_id == "99"
     assert cfg.koodrive.token is None
+
+
+def test_http_section(tmp_path: Path) -> None:
+    from fusefs.config import ConfigError, parse_config
+
+    base = {"koodrive": {"url": "https://k", "token_env": "T", "containers": ["c"]}}
+    env = {"T": "secret"}
+    cfg = parse_config(base, env, base=tmp_path)
+    assert cfg.http.ca_bundle is None and cfg.http.proxy is None
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    cfg = parse_config(
+        {**base, "http": {"ca_bundle": "ca.pem", "proxy": "http://proxy:3128", "read_timeout": 5}},
+        env,
+        base=tmp_path,
+    )
+    assert cfg.http.ca_bundle == ca and cfg.http.proxy == "http://proxy:3128"
+    assert cfg.http.read_timeout == 5.0
+    for bad in ({"ca_bundle": "missing.pem"}, {"proxy": "socks5://x"}, {"read_timeout": 0}):
+        with pytest.raises(ConfigError, match=r"\[http\]"):
+            parse_config({**base, "http": bad}, env, base=tmp_path)
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_config({**base, "http": {"verify": False}}, env, base=tmp_path)
