@@ -212,11 +212,11 @@ MAIN_KEYS = [
     "seq_cold",
     "cpu_per_gib",
     "reread",
+    "cp_r",
     "rand_cold_mean",
     "rand_cold_p50",
     "rand_repeat_mean",
     "rand_repeat_p50",
-    "cp_r",
 ]
 OWN_KEYS = ["rand_own_mean", "rand_own_p50", "reread_own"]
 TLS_KEYS = ["tls_seq_cold", "tls_rand_cold_mean", "tls_rand_cold_p50"]
@@ -269,13 +269,6 @@ def step_main(run: Run, prof: Profile, system: System, rep: int) -> None:
             r2 = measures.seq_read(m.root / "big.bin", b.read_cap, limit=read_len)
             run.add(p, "reread", k, r2.mbps, capped=not r2.complete, bytes=r2.nbytes)
             measures.check_range(m.root / "big.bin", ds.big, read_len)
-            rr = measures.random_reads(m.root / "huge.bin", ds.huge, offs, b.rand_cap)
-            run.add(p, "rand_cold_mean", k, rr.mean, capped=not rr.complete, n=len(rr.latencies_ms))
-            run.add(p, "rand_cold_p50", k, rr.p50, capped=not rr.complete, n=len(rr.latencies_ms))
-            n_done = max(1, len(rr.latencies_ms))
-            rp = measures.random_reads(m.root / "huge.bin", ds.huge, offs[:n_done], b.rand_cap)
-            run.add(p, "rand_repeat_mean", k, rp.mean, capped=not rp.complete)
-            run.add(p, "rand_repeat_p50", k, rp.p50, capped=not rp.complete)
             cp = measures.cp_r(m.root / "small", ds.small, run.work / "cp-dest", b.cp_cap)
             run.add(
                 p,
@@ -289,6 +282,13 @@ def step_main(run: Run, prof: Profile, system: System, rep: int) -> None:
                 files_per_s=round(cp.files_per_s, 1),
                 files=cp.done,
             )
+            rr = measures.random_reads(m.root / "huge.bin", ds.huge, offs, b.rand_cap)
+            run.add(p, "rand_cold_mean", k, rr.mean, capped=not rr.complete, n=len(rr.latencies_ms))
+            run.add(p, "rand_cold_p50", k, rr.p50, capped=not rr.complete, n=len(rr.latencies_ms))
+            n_done = max(1, len(rr.latencies_ms))
+            rp = measures.random_reads(m.root / "huge.bin", ds.huge, offs[:n_done], b.rand_cap)
+            run.add(p, "rand_repeat_mean", k, rp.mean, capped=not rp.complete)
+            run.add(p, "rand_repeat_p50", k, rp.p50, capped=not rp.complete)
     if not mnt_box:
         run.fail(p, OWN_KEYS, k, BenchError("the first mount failed"), "")
         return

@@ -225,6 +225,8 @@ def run_demo(mountpoint: Path, workdir: Path, *, scale: str = "demo") -> int:
                     return 1
                 time.sleep(0.05)
             rel = os.path.relpath(mountpoint)
+            cli = Path(sys.executable).with_name("fusefs")
+            fusefs = os.path.relpath(cli) if cli.exists() else f"{sys.executable} -m fusefs"
             print(
                 f"""
 fusefs demo: the emulator listens on {base_url}; its clouds are mounted at {mountpoint}
@@ -238,7 +240,7 @@ Try, in another terminal:
   ls -l {rel}/koodrive/*/
   find {rel} -type f | head
   diff -r {world_dir / "expected"} {rel} && echo identical
-  getfattr -d {rel}/iotda/exports/*.zip | head
+  {fusefs} info {rel}/iotda/exports/*.zip | head -20
   unzip -l "$(ls {rel}/iotda/exports/*.zip | head -1)"
 
 Press Ctrl-C to unmount and stop.""",

@@ -44,6 +44,7 @@ MAX_OBJECTS = 4096  # per-object state kept in memory (LRU); the rest is re-read
 # Received blocks waiting for the writer thread. When the disk is slower than the network the
 # receivers wait for room: every block is persisted, and memory stays bounded.
 WRITE_QUEUE = 32
+PREALLOCATE = 16 << 20  # fetches this large reserve file space this far ahead of their writes
 
 
 class _Stopped(Exception):
@@ -138,6 +139,8 @@ class _Sink:
         self.meta = meta  # written (once) before the first data, in the writing thread
         self.ready: list[tuple[int, bytearray]] = []
         self.received_bytes = 0
+        self.fetch_start = start
+        self.allocated = start  # file space reserved up to here (writer thread)
         self._open_unit(start)
 
     def _open_unit(self, start: int) -> None:
@@ -182,11 +185,20 @@ class _Sink:
         return unit
 
     def write(self, start: int, data: bytearray) -> array[int] | None:
-        """File IO only (worker thread): the unit's segments, after meta.json the first time."""
+        """File IO only (worker thread): the unit's segments, after meta.json the first time.
+        Large fetches reserve their file space ahead of the writes, PREALLOCATE at a time."""
         store = self.cache.store
         try:
             if self.meta is not None:
                 store.write_meta_file(self.obj.oid, self.meta)
+            end = self.end
+            if (
+                end is not None
+                and end - self.fetch_start >= PREALLOCATE
+                and start >= self.allocated
+            ):
+                self.allocated = min(end, start + PREALLOCATE)
+                store.preallocate(self.obj.oid, start, self.allocated)
             return store.write_unit(
                 self.obj.oid,
                 start // self.cache.block_size,
@@ -233,7 +245,7 @@ class BlockCache:
         self.counters = CacheCounters()
         # full blocks received but not yet on disk: served from here until the writer commits
         self._pending: dict[BlockKey, bytes | bytearray] = {}
-        self._wq: queue.Queue[tuple[_Sink, int, bytearray] | None] = queue.Queue(WRITE_QUEUE)
+        self._wq: queue.Queue[tuple[_Sink, int, bytearray | None] | None] = queue.Queue(WRITE_QUEUE)
         self._writer: threading.Thread | None = None
         self._queued: dict[str, int] = {}  # units of an object received, not yet committed
         self._written = trio.Event()  # set (and replaced) after every commit
@@ -266,6 +278,10 @@ class BlockCache:
             if item is None:
                 return
             sink, start, data = item
+            if data is None:  # a failed fetch: give back the space it reserved, unwritten
+                if sink.allocated > start:
+                    self.store.release_range(sink.obj.oid, start, sink.allocated)
+                continue
             crcs = sink.write(start, data)
             try:
                 self._token.run_sync_soon(self._commit_safely, sink, start, data, crcs)
@@ -705,6 +721,7 @@ class BlockCache:
                 )
                 exc = ProtocolError(f"fetch failed: {exc!r}", call="cache")
             self._fail(obj, flights, exc.with_traceback(None))
+            await self._release_reserved(sink)
         except BaseException:
             self._fail(obj, flights, ProtocolError("fetch cancelled", call="cache"))
             raise
@@ -712,6 +729,18 @@ class BlockCache:
             self.budget.release(reserved)
             if sink.meta is not None and not sink.received_bytes:  # nothing to write it with
                 obj.meta_saved = False
+
+    async def _release_reserved(self, sink: _Sink) -> None:
+        """After a failed fetch: the writer punches out what it reserved and never wrote (from
+        the next block on: the current block's units before the cut are valid)."""
+        if sink.end is None or sink.end - sink.fetch_start < PREALLOCATE:
+            return
+        bs = self.block_size
+        start = -(-sink.pos // bs) * bs
+        try:
+            self._wq.put_nowait((sink, start, None))
+        except queue.Full:
+            await trio.to_thread.run_sync(self._wq.put, (sink, start, None))
 
     async def _feed(self, sink: _Sink, chunk: bytes) -> None:
         """Async mode: copy a chunk into the sink, writing finished units in a worker thread."""

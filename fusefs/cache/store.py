@@ -284,6 +284,32 @@ class BlockStore:
         seg = self.seg
         return array("I", (zlib.crc32(view[i : i + seg]) for i in range(0, len(view), seg)))
 
+    def preallocate(self, oid: str, start: int, end: int) -> None:
+        """File IO only (thread-safe): reserve [start, end) of the data file before writing it.
+
+        Measured on the dev machine's ext4: writing 1 GiB of new data in 1 MiB pwrites costs
+        0.3-1.0 s of system CPU, 0.16-0.5 s when 64 MiB runs are fallocate'd first."""
+        if _FALLOCATE is None:
+            return
+        d = self._dir(oid)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(d, self._data_name), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            # mode 0, not KEEP_SIZE: ext4 cannot punch space reserved beyond the end of file,
+            # and a failed fetch gives its reservation back with a punch (release_range)
+            _FALLOCATE(fd, 0, start, end - start)
+        finally:
+            os.close(fd)
+
+    def release_range(self, oid: str, start: int, end: int) -> None:
+        """File IO only (thread-safe): punch [start, end) out (space reserved, never written)."""
+        with contextlib.suppress(OSError):
+            fd = os.open(self.data_path(oid), os.O_WRONLY)
+            try:
+                _punch_hole(fd, start, end - start)
+            finally:
+                os.close(fd)
+
     # -- accounting and records (trio thread) --------------------------------------------------
     def commit(
         self,

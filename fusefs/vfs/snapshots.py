@@ -6,9 +6,10 @@ them. One JSON file per directory, written atomically (tmp + rename).
 
 Saving a 10,000-entry listing costs tens of milliseconds of serialisation and a file write, so
 it never runs on the event loop: ``save_soon`` records the listing as *pending* and one task
-(``run``) writes pending listings, one at a time, in a worker thread. A directory refreshed
-again before its save ran is written once, with the newer listing; since one task does every
-write, an older listing can never overwrite a newer one. ``load`` sees pending listings.
+(``run``) writes pending listings, one at a time, in a worker thread, ``save_delay`` after the
+refresh. A directory refreshed again before its save ran is written once, with the newer
+listing; since one task does every write, an older listing can never overwrite a newer one.
+``load`` sees pending listings; pending listings are written when ``run`` ends (unmount).
 """
 
 from __future__ import annotations
@@ -59,8 +60,11 @@ def _entry_json(e: RemoteEntry) -> dict[str, object]:
 
 
 class ListingStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, save_delay: float = 0.5) -> None:
         self.root = root / "v1" / "listings"
+        # a refresh is usually followed by a burst of requests for its entries (`ls -l`:
+        # READDIRPLUS, then a stat of each): save after it, not competing for the GIL with it
+        self.save_delay = save_delay
         # path -> (provider, key, saved_at, entries) not yet on disk; insertion order = age
         self._pending: dict[Path, tuple[str, str, float, Sequence[RemoteEntry]]] = {}
         self._wake = trio.Event()
@@ -89,6 +93,7 @@ class ListingStore:
         try:
             while True:
                 await self._wake.wait()
+                await trio.sleep(self.save_delay)
                 self._wake = trio.Event()
                 while self._pending:
                     path = next(iter(self._pending))

@@ -234,3 +234,27 @@ async def test_a_bug_in_a_provider_does_not_kill_the_cache(cache: BlockCache) ->
     p.objects["x"] = real
     got = await FileReader(cache, cache.object(p, ref)).read(0, 10)
     assert bytes(got) == real[:10]
+
+
+async def test_failed_large_fetch_gives_back_its_reserved_space(tmp_path: Path) -> None:
+    """Large fetches reserve file space ahead of their writes; a cut gives the rest back."""
+    mib = 1 << 20
+    c = BlockCache(
+        tmp_path / "c", block_size=mib, max_bytes=1 << 30, min_free_ratio=0, max_request=64 * mib
+    )
+    p = FakeProvider(chunk=mib, fail_after=3 * mib)
+    ref = p.add("big", 40 * mib)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(c.run)
+        obj = c.object(p, ref)
+        c.prefetch(obj, 0, 39)
+        with pytest.raises(ProtocolError):
+            await c.read(obj, 10 * mib, 10 * mib + 10)
+        await c.flush(obj.oid)
+        while c._wq.qsize():
+            await trio.sleep(0.01)
+        await trio.sleep(0.1)
+        allocated = os.stat(c.store.data_path(obj.oid)).st_blocks * 512
+        assert allocated <= 4 * mib, allocated
+        assert c.cached_bytes(obj) == 3 * mib
+        nursery.cancel_scope.cancel()
