@@ -23,7 +23,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,7 +217,3 @@ def start_pinner(ds: Dataset, work: Path) -> Proc:
             raise RuntimeError(f"pinner failed: {(work / 'logs' / 'pin.log').read_text()[-800:]}")
         time.sleep(0.05)
     return proc
-
-
-def run_checked(argv: list[str]) -> None:
-    subprocess.run(argv, check=True)

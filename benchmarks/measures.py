@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .dataset import huge_header
-from .util import BenchError, MiB, WrongBytes, median, percentile
+from .util import BenchError, MiB, WrongBytes, median
 
 READ = MiB
 CHECK = 4 * MiB
@@ -248,10 +248,16 @@ class ParallelResult:
         return self.nbytes / self.seconds / 1e6 if self.seconds > 0 else float("nan")
 
 
-def parallel_read(path: Path, readers: int, cap_s: float) -> ParallelResult:
-    """``readers`` threads, each reading its own contiguous region of ``path`` sequentially."""
-    size = path.stat().st_size
-    bounds = [(k * size // readers, (k + 1) * size // readers) for k in range(readers)]
+def parallel_read(
+    path: Path, readers: int, cap_s: float, span: tuple[int, int] | None = None
+) -> ParallelResult:
+    """``readers`` threads, each reading its own contiguous region of ``span`` (default: the whole
+    file) sequentially, until done or ``cap_s``."""
+    lo_all, hi_all = span or (0, path.stat().st_size)
+    width = hi_all - lo_all
+    bounds = [
+        (lo_all + k * width // readers, lo_all + (k + 1) * width // readers) for k in range(readers)
+    ]
     got = [0] * readers
     errors: list[BaseException] = []
     start = threading.Barrier(readers + 1)
@@ -335,7 +341,3 @@ def stream_huge(path: Path, cap_s: float) -> StreamResult:
     finally:
         os.close(fd)
     return StreamResult(total, elapsed, total >= size)
-
-
-def percentile_ms(values: list[float], q: float) -> float:
-    return percentile(values, q)

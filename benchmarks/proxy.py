@@ -154,13 +154,25 @@ class Proxy:
                 arrived = time.monotonic()
                 request_line, fields = parse_head(head)
                 method = request_line.split(" ", 1)[0].upper()
-                if upstream is None:
-                    upstream = Conn(socket.create_connection(self.upstream))
                 wait = arrived + self.delay - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-                upstream.sock.sendall(head)
                 kind, n = body_kind(fields)
+                if upstream is not None and kind == "none":
+                    # a kept-alive upstream may have closed meanwhile: probe before reusing it
+                    try:
+                        upstream.sock.sendall(head)
+                        rhead = upstream.read_until(b"\r\n\r\n")
+                    except (Closed, OSError):
+                        upstream.sock.close()
+                        upstream = None
+                    else:
+                        upstream.buf[:0] = rhead  # read again below
+                        head = b""
+                if upstream is None:
+                    upstream = Conn(socket.create_connection(self.upstream))
+                if head:
+                    upstream.sock.sendall(head)
                 if kind == "length":
                     client.relay(upstream.sock, n, pipe)
                 elif kind == "chunked":

@@ -132,7 +132,7 @@ def limits(big: str, mid: str, count: str) -> list[Limit]:
         Limit("gets_series", f"{count} GETs in series from the static server", "s"),
         Limit(
             "links_gets",
-            f"emulator floor: links in batches of 100, then {count} GETs in series",
+            f"emulator floor: links in batches of 100 + the {count} GETs in series",
             "s",
         ),
     ]
@@ -155,14 +155,20 @@ def fmt(v: float | None, unit: str) -> str:
     return f"{v:.4f}"
 
 
+def note_ref(notes: list[str], text: str) -> str:
+    """``[n]``: the footnote number of ``text`` (added once per table)."""
+    if text not in notes:
+        notes.append(text)
+    return f"[{notes.index(text) + 1}]"
+
+
 def fmt_cell(cell: Cell | None, unit: str, notes: list[str]) -> str:
     if cell is None:
         return ""
     v = cell.value
     if v is None:
         if cell.errors:
-            notes.append(cell.errors[0])
-            return f"failed [{len(notes)}]"
+            return f"failed {note_ref(notes, cell.errors[0])}"
         return "n/a"
     text = fmt(v, unit)
     good = [r for r in cell.runs if not math.isnan(r)]
@@ -171,11 +177,9 @@ def fmt_cell(cell: Cell | None, unit: str, notes: list[str]) -> str:
     if cell.capped:
         text += " †"
     if cell.errors:
-        notes.append(cell.errors[0])
-        text += f" [{len(notes)}]"
+        text += f" {note_ref(notes, cell.errors[0])}"
     for note in cell.notes:
-        notes.append(note)
-        text += f" [{len(notes)}]"
+        text += f" {note_ref(notes, note)}"
     return text
 
 
@@ -244,7 +248,10 @@ def markdown_table(
         if m.lan_only and profile != "lan":
             continue
         row = results.get(m.key, {})
-        cells = [fmt_cell(row.get(s), m.unit, notes) for s in systems]
+        cells = [
+            "·" if s == "fusefs-noxattr" and s not in row else fmt_cell(row.get(s), m.unit, notes)
+            for s in systems
+        ]
         bp = best_peer(row, m)
         if bp is not None:
             for i, s in enumerate(systems):

@@ -52,6 +52,9 @@ class System:
     work: Path
     ds: Dataset
     commands: list[str] = field(default_factory=list)
+    mount_seconds: list[float] = field(default_factory=list)
+    unmount_seconds: list[float] = field(default_factory=list)
+    last_exit: int | None = None  # exit status if the daemon had died before the unmount
 
     @property
     def mnt(self) -> Path:
@@ -72,11 +75,13 @@ class System:
     @contextlib.contextmanager
     def mounted(self, target: Target, cache: Path) -> Iterator[Mounted]:
         mnt = self.mnt
+        self.last_exit = None
         fuse_unmount(mnt)
         if is_mount(mnt):
             raise BenchError(f"{mnt} is still mounted from before")
         mnt.mkdir(parents=True, exist_ok=True)
         log = self.work / "logs" / f"{self.key}.log"
+        t0 = time.perf_counter()
         proc, root = self.spawn(target, cache, log)
         command = " ".join(proc.argv)
         if command not in self.commands:
@@ -98,8 +103,11 @@ class System:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise BenchError(f"{self.label}: {root} does not appear:\n{tail(log)}")
                 time.sleep(0.05)
+            self.mount_seconds.append(round(time.perf_counter() - t0, 2))
             yield Mounted(self, proc, mnt, root, command)
         finally:
+            t1 = time.perf_counter()
+            self.last_exit = proc.poll()
             fuse_unmount(mnt)
             if proc.popen is not None:
                 try:
@@ -108,6 +116,7 @@ class System:
                     pass
             proc.stop()
             fuse_unmount(mnt)
+            self.unmount_seconds.append(round(time.perf_counter() - t1, 2))
             if is_mount(mnt):
                 raise BenchError(f"{mnt} could not be unmounted")
 

@@ -11,8 +11,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 MiB = 1 << 20
@@ -132,6 +132,9 @@ class Proc:
         return self.popen.returncode
 
 
+DROPS: list[float] = []  # seconds of every drop_caches of the run (reported in the timings)
+
+
 def drop_caches() -> float:
     """sync + drop the page cache, dentries and inodes; the seconds it took."""
     t0 = time.perf_counter()
@@ -140,7 +143,8 @@ def drop_caches() -> float:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
     except OSError as exc:
         raise BenchError(f"cannot drop caches (need root): {exc}") from exc
-    return time.perf_counter() - t0
+    DROPS.append(time.perf_counter() - t0)
+    return DROPS[-1]
 
 
 def run(argv: Sequence[str], timeout: float | None = None, **kw: object) -> str:
@@ -239,14 +243,6 @@ def fuse_unmount(mnt: Path) -> None:
 # ---- statistics --------------------------------------------------------------------------------
 
 
-@dataclass
-class Timer:
-    start: float = field(default_factory=time.perf_counter)
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-
 def percentile(values: Sequence[float], q: float) -> float:
     s = sorted(values)
     if not s:
@@ -259,13 +255,3 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-@contextlib.contextmanager
-def chdir(path: Path) -> Iterator[None]:
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)

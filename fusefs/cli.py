@@ -110,9 +110,10 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 
 def _by_mount(paths: list[str]) -> tuple[MountInfo, list[str]]:
     """The one mount the paths are in, and each path relative to its root (in order)."""
-    from fusefs.control import find_mount
+    from fusefs.control import find_mount, mount_table
 
-    found = [find_mount(Path(p)) for p in paths]
+    table = mount_table()
+    found = [find_mount(Path(p), table) for p in paths]
     roots = {m for m, _ in found}
     if len(roots) != 1:
         raise ValueError("give paths of one mount at a time")
@@ -158,7 +159,8 @@ def cmd_warm(args: argparse.Namespace) -> int:
     from fusefs.control import request
 
     try:
-        mnt, rel = _by_mount(list(dict.fromkeys(args.paths)))
+        mnt, rels = _by_mount(args.paths)
+        rel = list(dict.fromkeys(rels))  # the same file twice would count twice
         if args.op == "unpin":
             (res,) = list(request(mnt, {"op": "unpin", "paths": rel}))
             print(f"unpinned {res['unpinned']} files")

@@ -300,7 +300,7 @@ def _unescape(field: bytes) -> bytes:
     return bytes(out)
 
 
-def _mountinfo() -> list[tuple[bytes, bytes, bytes]]:
+def mount_table() -> list[tuple[bytes, bytes, bytes]]:
     """(mount point, fstype, super options) of every mount, in mount order."""
     with open("/proc/self/mountinfo", "rb") as f:
         lines = f.read().splitlines()
@@ -315,11 +315,13 @@ def _mountinfo() -> list[tuple[bytes, bytes, bytes]]:
     return out
 
 
-def find_mount(path: Path) -> tuple[MountInfo, str]:
+def find_mount(
+    path: Path, table: list[tuple[bytes, bytes, bytes]] | None = None
+) -> tuple[MountInfo, str]:
     """The fusefs mount containing ``path`` and the path relative to its root."""
     real = os.fsencode(os.path.realpath(path))
     best: tuple[bytes, bytes, bytes] | None = None
-    for mp, fstype, opts in _mountinfo():
+    for mp, fstype, opts in mount_table() if table is None else table:
         inside = real == mp or real.startswith(mp.rstrip(b"/") + b"/")
         if inside and (best is None or len(mp) >= len(best[0])):  # later mounts cover earlier
             best = (mp, fstype, opts)
@@ -345,6 +347,11 @@ def request(mount: MountInfo, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
             raise ValueError(
                 f"the daemon of {mount.mountpoint} does not answer on {path}: if the mount is "
                 f"dead (ENOTCONN), run `fusefs unmount {mount.mountpoint}`"
+            ) from None
+        except PermissionError:
+            raise ValueError(
+                f"the control socket {path} belongs to uid {mount.uid}: run this as that user "
+                "(or root)"
             ) from None
         s.sendall(json.dumps(req).encode() + b"\n")
         with s.makefile("rb") as f:

@@ -21,6 +21,7 @@ import trio
 from fusefs import errors
 from fusefs.cache.reader import FileReader
 from fusefs.providers.base import EntryKind, ObjectNotFound, ProviderError
+from fusefs.vfs.sequence import FolderReadAhead
 from fusefs.vfs.tree import ROOT_INO, Node, StateValue, VirtualTree, to_fs_error
 
 if TYPE_CHECKING:
@@ -112,17 +113,17 @@ class FuseOperations(pyfuse3.Operations):
         self._next_fh = 1
         self._files: dict[int, tuple[Node, FileReader]] = {}
         self._dirs: dict[int, _DirHandle] = {}
+        self.read_ahead = FolderReadAhead(tree, cache)  # across the files of a folder
 
     # -- attributes ------------------------------------------------------------------------
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
         # built once per node and version of its attributes: a warm `ls -l` of 10,000 entries
         # answers them all again on every pass (READDIRPLUS), pyfuse3 only reads the object
-        key = (node.size, node.mtime_ns, node.ctime_ns)
-        cached = node.adapter_attrs
-        if cached is not None and cached[0] == key:
-            return cast("pyfuse3.EntryAttributes", cached[1])
+        c = node.adapter_attrs
+        if c is not None and c[0] == node.size and c[1] == node.mtime_ns and c[2] == node.ctime_ns:
+            return cast("pyfuse3.EntryAttributes", c[3])
         a = self._new_attrs(node)
-        node.adapter_attrs = (key, a)
+        node.adapter_attrs = (node.size, node.mtime_ns, node.ctime_ns, a)
         return a
 
     def _new_attrs(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -235,6 +236,7 @@ class FuseOperations(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._files[fh] = (node, FileReader(self.cache, obj))
+        self.read_ahead.opened(node)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
 
     @errno_boundary

@@ -23,6 +23,7 @@ import logging
 import math
 import queue
 import threading
+import weakref
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable
@@ -241,6 +242,8 @@ class BlockCache:
         self._flights: dict[BlockKey, list[_Flight]] = {}
         self._whole: dict[str, _WholeFetch] = {}
         self._objects: OrderedDict[str, CachedObject] = OrderedDict()
+        # every view still referenced (an open file, a fetch): one view per object, always
+        self._live: weakref.WeakValueDictionary[str, CachedObject] = weakref.WeakValueDictionary()
         self._nursery: trio.Nursery | None = None
         self.counters = CacheCounters()
         # full blocks received but not yet on disk: served from here until the writer commits
@@ -275,14 +278,17 @@ class BlockCache:
         assert self._token is not None
         while True:
             item = self._wq.get()
-            if item is None:
-                return
-            sink, start, data = item
-            if data is None:  # a failed fetch: give back the space it reserved, unwritten
-                if sink.allocated > start:
-                    self.store.release_range(sink.obj.oid, start, sink.allocated)
-                continue
-            crcs = sink.write(start, data)
+            try:
+                if item is None:
+                    return
+                sink, start, data = item
+                if data is None:  # a failed fetch: give back the space it reserved, unwritten
+                    if sink.allocated > start:
+                        self.store.release_range(sink.obj.oid, start, sink.allocated)
+                    continue
+                crcs = sink.write(start, data)
+            finally:
+                self._wq.task_done()
             try:
                 self._token.run_sync_soon(self._commit_safely, sink, start, data, crcs)
             except trio.RunFinishedError:
@@ -330,17 +336,27 @@ class BlockCache:
         self._nursery.start_soon(fn, *args, name=name)  # type: ignore[arg-type]
 
     # -- objects -----------------------------------------------------------------------------
-    def object(self, provider: Provider, ref: ObjectRef) -> CachedObject:
-        """The cache's view of one object version (in memory; nothing is written here)."""
+    def object(self, provider: Provider, ref: ObjectRef, *, remember: bool = True) -> CachedObject:
+        """The cache's view of one object version (in memory; nothing is written here).
+
+        ``remember=False`` (state queries such as ``fusefs info``): a view not yet known is not
+        added to the LRU, so a query over many files does not push out the ones being read."""
         oid = object_id(ref.provider, ref.key, ref.version)
         obj = self._objects.get(oid)
+        if obj is None:
+            obj = self._live.get(oid)  # evicted from the LRU but still held by a reader/fetch
+            if obj is not None:
+                self._objects[oid] = obj
         if obj is None:
             caps = provider.capabilities
             meta = self.store.meta(oid)
             size = ref.size if ref.size is not None else (meta.size if meta else None)
             pinned = caps.one_shot or bool(meta and meta.pinned)
             obj = CachedObject(provider, ref, oid, size, pinned, meta_saved=meta is not None)
+            if not remember:
+                return obj
             self._objects[oid] = obj
+            self._live[oid] = obj
             while len(self._objects) > MAX_OBJECTS:
                 self._objects.popitem(last=False)
         else:
@@ -494,13 +510,18 @@ class BlockCache:
                 return memoryview(data)[lo:hi]
             plan = store.read_plan(obj.oid, index, lo, hi)
             if plan is not None:
-                got = store.read_nowait(obj.oid, index, lo, hi, plan)
-                if got is None:  # not in the page cache: read (and check) in a worker thread
+                got = None
+                if plan[2] & (plan[2] - 1) == 0:  # at most one segment to check: on the loop
+                    got = store.read_nowait(obj.oid, index, lo, hi, plan)
+                if got is None:  # from the disk, or many checks: read and check in a thread
                     store.disk_reads += 1
                     plan = store.read_plan(obj.oid, index, lo, hi, from_disk=True)
-                    assert plan is not None
-                    raw = await trio.to_thread.run_sync(store.read_blocking, obj.oid, index, plan)
-                    got = store.finish_read(obj.oid, index, lo, hi, plan[0], raw, plan[2])
+                    snap = store.record_snapshot(obj.oid, index)
+                    assert plan is not None and snap is not None
+                    raw, bad = await trio.to_thread.run_sync(
+                        store.read_checked, obj.oid, index, plan, snap
+                    )
+                    got = store.finish_read(obj.oid, index, lo, hi, plan[0], raw, plan[2], bad)
                 if got is not CORRUPT:
                     self.counters.hits += not waited
                     assert isinstance(got, bytes | bytearray | memoryview)

@@ -510,6 +510,35 @@ class BlockStore:
             os.close(fd)
         return data if len(data) == hi - lo else None
 
+    def record_snapshot(self, oid: str, index: int) -> tuple[int, array[int]] | None:
+        """(length, CRCs) of a block, for ``read_checked`` in a worker thread."""
+        rec = self.present(oid).get(index)
+        return None if rec is None else (rec.length, array("I", rec.crcs))
+
+    def first_bad(
+        self, data: bytes | bytearray, lo: int, unchecked: int, length: int, crcs: array[int]
+    ) -> int:
+        """The first segment of ``unchecked`` whose CRC fails, or -1 (thread-safe: pure)."""
+        seg = self.seg
+        m = unchecked
+        view = memoryview(data)
+        while m:
+            j = (m & -m).bit_length() - 1
+            m &= m - 1
+            a = j * seg - lo
+            if zlib.crc32(view[a : a + min(seg, length - j * seg)]) != crcs[j]:
+                return j
+        return -1
+
+    def read_checked(
+        self, oid: str, index: int, plan: tuple[int, int, int], snap: tuple[int, array[int]]
+    ) -> tuple[bytes | None, int]:
+        """File IO + CRCs (worker thread): the planned bytes and the first bad segment (-1)."""
+        data = self.read_blocking(oid, index, plan)
+        if data is None:
+            return None, -1
+        return data, self.first_bad(data, plan[0], plan[2], *snap)
+
     def finish_read(
         self,
         oid: str,
@@ -519,31 +548,28 @@ class BlockStore:
         lo: int,
         data: bytes | bytearray | None,
         unchecked: int,
+        bad: int | None = None,
     ) -> bytes | bytearray | memoryview | object:
-        """Check the segments in ``unchecked`` and return bytes [start, end), or ``CORRUPT``."""
+        """Check the segments in ``unchecked`` (unless a thread did: ``bad``) and return bytes
+        [start, end), or ``CORRUPT``."""
         rec = self.present(oid).get(index)
         if data is None or rec is None:
             self.drop_block(oid, index)
             self.corrupt_blocks += 1
             return CORRUPT
         self.disk_read_bytes += len(data)
-        seg = self.seg
-        m = unchecked
-        while m:
-            j = (m & -m).bit_length() - 1
-            m &= m - 1
-            a = j * seg - lo
-            piece = memoryview(data)[a : a + min(seg, rec.length - j * seg)]
-            if zlib.crc32(piece) != rec.crcs[j]:
-                self.corrupt_blocks += 1
-                log.warning(
-                    "cache block %d of %s failed its checksum (segment %d); dropped and refetched",
-                    index,
-                    self.data_path(oid),
-                    j,
-                )
-                self.drop_block(oid, index)
-                return CORRUPT
+        if bad is None:
+            bad = self.first_bad(data, lo, unchecked, rec.length, rec.crcs)
+        if bad >= 0:
+            self.corrupt_blocks += 1
+            log.warning(
+                "cache block %d of %s failed its checksum (segment %d); dropped and refetched",
+                index,
+                self.data_path(oid),
+                bad,
+            )
+            self.drop_block(oid, index)
+            return CORRUPT
         rec.verified |= unchecked
         self.touch(oid, index)
         if lo == start and len(data) == end - start:

@@ -33,13 +33,15 @@ async def _body(request: Request) -> JSON:
 
 
 async def stats(world: World, request: Request) -> Response:
-    """``{"requests": {route: n}, "bytes": {route: n}, "statuses": {route: {status: n}}}``."""
+    """``{"requests": {route: n}, "bytes": {route: n}, "statuses": {route: {status: n}},
+    "max_in_flight": {route: n}}`` (the most requests of a route answered at once)."""
     items = sorted(world.stats.items())
     return json_response(
         {
             "requests": {k: v.requests for k, v in items},
             "bytes": {k: v.bytes for k, v in items},
             "statuses": {k: dict(v.statuses) for k, v in items},
+            "max_in_flight": {k: v.max_in_flight for k, v in items},
         }
     )
 

@@ -96,9 +96,23 @@ class RouteStats:
     requests: int = 0
     bytes: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0  # requests received whose answer is not finished yet
+    max_in_flight: int = 0  # the most at once since the last reset
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        self.in_flight -= 1
 
     def to_json(self) -> JSON:
-        return {"requests": self.requests, "bytes": self.bytes, "statuses": dict(self.statuses)}
+        return {
+            "requests": self.requests,
+            "bytes": self.bytes,
+            "statuses": dict(self.statuses),
+            "max_in_flight": self.max_in_flight,
+        }
 
 
 @dataclass(slots=True)

@@ -252,6 +252,8 @@ class Instrumented(Response):
             if not done:
                 raise
             log.debug("truncated response closed by the server: %s", exc)
+        finally:
+            stats.leave()
 
 
 def endpoint(world: World, name: str | Callable[[Request], str], handler: Handler) -> Handler:
@@ -261,13 +263,18 @@ def endpoint(world: World, name: str | Callable[[Request], str], handler: Handle
         route = name if isinstance(name, str) else name(request)
         stats = world.route_stats(route)
         stats.requests += 1
-        decision = world.faults.decide(route)
-        if decision.latency > 0:
-            await anyio.sleep(decision.latency)
-        if decision.status is not None:
-            resp = fault_response(route, decision.status, decision.retry_after)
-        else:
-            resp = await handler(request)
+        stats.enter()  # left when the answer's last byte is sent (Instrumented)
+        try:
+            decision = world.faults.decide(route)
+            if decision.latency > 0:
+                await anyio.sleep(decision.latency)
+            if decision.status is not None:
+                resp = fault_response(route, decision.status, decision.retry_after)
+            else:
+                resp = await handler(request)
+        except BaseException:
+            stats.leave()
+            raise
         return Instrumented(resp, stats, decision.reset_after, decision.truncate_after)
 
     return run

@@ -96,6 +96,11 @@ class Provider(Protocol):
     # Optional, for ranged providers: ``async fetch_range(ref, offset, length, sink) -> None``
     # receives the bytes into ``sink`` (a RangeSink) off the event loop; the cache uses it when
     # present and falls back to ``open_stream`` otherwise.
+    #
+    # Optional: ``async prepare_reads(refs: Sequence[ObjectRef]) -> None``: these objects will
+    # probably be read soon, in this order (a folder read file after file); do ahead what each
+    # read would otherwise do alone (KooDrive: fetch their download links, ≤100 per call). May
+    # raise ``ProviderError``; the reads themselves must still work without it.
 
     def describe(self, ref: ObjectRef) -> dict[str, str]:
         """Live per-object state for ``user.fusefs.*`` xattrs (e.g. a download link's expiry)."""

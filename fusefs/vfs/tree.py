@@ -65,8 +65,13 @@ class Node:
     refreshing: trio.Event | None = None
     version_seen: str | None = None  # version at the last open (keep_cache decision)
     detached: bool = False  # no longer in its parent's listing
-    # the FUSE adapter's attributes object for this node, keyed by (size, mtime_ns, ctime_ns)
-    adapter_attrs: tuple[tuple[int | None, int, int], object] | None = None
+    # the FUSE adapter's attributes object for this node: (size, mtime_ns, ctime_ns, object)
+    adapter_attrs: tuple[int | None, int, int, object] | None = None
+
+    @property
+    def order(self) -> list[str]:
+        """The names of ``listing`` (a new list each time)."""
+        return [name for name, _ in self.listing]
 
     @property
     def is_dir(self) -> bool:
@@ -174,6 +179,7 @@ class VirtualTree:
         assert node.provider is not None
         provider = node.provider
         what = f"listing {self.describe(node)}"
+        t0 = time.perf_counter()
         try:
             with trio.move_on_after(self.list_timeout) as scope:
                 entries = await provider.list_dir(node.key)
@@ -201,12 +207,20 @@ class VirtualTree:
             self._apply_listing(node, saved[1])
             self._retry_soon(node)
             return
+        t1 = time.perf_counter()
         if provider.capabilities.one_shot:
             entries = self._keep_consumed(node, entries)
         self._apply_listing(node, entries)
         node.listed_at = self.clock()
         if self.snapshots is not None:  # written by a worker thread, not here
             self.snapshots.save_soon(provider.name, node.key, entries)
+        log.debug(
+            "%s: %d entries, %.3f s from the provider, %.3f s to apply",
+            what,
+            len(entries),
+            t1 - t0,
+            time.perf_counter() - t1,
+        )
 
     def _retry_soon(self, node: Node) -> None:
         node.listed_at = self.clock() - self.dir_ttl + min(self.dir_ttl, 5.0)
@@ -348,7 +362,7 @@ class VirtualTree:
         if e.md5:
             out["md5"] = e.md5
         if not node.is_dir:
-            obj = self.cache.object(node.provider, self.ref(node))
+            obj = self.cache.object(node.provider, self.ref(node), remember=False)
             cached = self.cache.cached_bytes(obj)
             size = obj.size
             out["cached_bytes"] = cached

@@ -139,3 +139,11 @@ def test_info_matches_the_xattrs_when_they_are_on(
             text=True,
         )
         assert root.stdout == info(m.path)[0]["control"]
+
+
+def test_commands_outside_a_mount_say_so(workdir: Path) -> None:
+    for argv in (("info", str(workdir)), ("cache", "stats", str(workdir)), ("pin", str(workdir))):
+        r = fusefs(*argv)
+        assert r.returncode != 0
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert lines == [f"fusefs: error: {workdir} is not inside a fusefs mount"], r.stderr
