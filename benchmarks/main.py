@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -204,8 +205,10 @@ class Run:
         except Exception as exc:  # the bench continues with the next step
             missing = [k for k in keys if len(self.cell(profile, k, system.key).runs) == before[k]]
             log = logs()
-            if system.last_exit is not None and not isinstance(exc, WrongBytes):
-                why = crash_reason(log) or f"exit status {system.last_exit}"
+            dead = system.last_exit is not None or getattr(exc, "errno", None) == errno.ENOTCONN
+            if dead and not isinstance(exc, WrongBytes):
+                status = f"exit status {system.last_exit}" if system.last_exit is not None else ""
+                why = crash_reason(log) or status or "its mount went ENOTCONN"
                 exc = BenchError(f"the daemon died ({why}); then: {exc}")
             say(f"  {system.label}: FAILED: {str(exc).splitlines()[0][:200]}")
             self.fail(profile, missing or keys, system.key, exc, log)

@@ -308,9 +308,21 @@ class BlockCache:
         assert self._token is not None
         try:
             self._token.run_sync_soon(self._arrived_safely, sink.obj, start, data)
+            if not self._is_full_block(sink.obj, start, len(data)):
+                # a part of a block (a random read) is served only once it is on disk: write it
+                # here rather than behind the writer's queue, a reader is waiting for it
+                crcs = sink.write(start, data)
+                self._token.run_sync_soon(self._commit_safely, sink, start, data, crcs)
+                return
         except trio.RunFinishedError:
             raise _Stopped from None
         self._wq.put((sink, start, data))
+
+    def _is_full_block(self, obj: CachedObject, start: int, length: int) -> bool:
+        bs = self.block_size
+        return start % bs == 0 and (
+            length == bs or (obj.size is not None and start + length == obj.size)
+        )
 
     def _arrived_safely(self, obj: CachedObject, start: int, data: bytearray) -> None:
         try:
@@ -635,10 +647,7 @@ class BlockCache:
         bs = self.block_size
         self.counters.fetched_bytes += len(data)
         self._queued[obj.oid] = self._queued.get(obj.oid, 0) + 1
-        full = start % bs == 0 and (
-            len(data) == bs or (obj.size is not None and start + len(data) == obj.size)
-        )
-        if not full:
+        if not self._is_full_block(obj, start, len(data)):
             return  # a part of a block is served once it is on disk
         key = (obj.oid, start // bs)
         self._pending[key] = data

@@ -34,6 +34,7 @@ import logging
 import os
 import shutil
 import struct
+import threading
 import zlib
 from array import array
 from collections import OrderedDict
@@ -184,7 +185,7 @@ class BlockStore:
         """File IO only (thread-safe): meta.json via a 0600 temp file and a rename."""
         d = self.object_dir(oid)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = d / "meta.json.tmp"
+        tmp = d / f"meta.json.{threading.get_ident()}.tmp"  # writers in two threads never clash
         _write_private(tmp, json.dumps(asdict(meta)))
         os.replace(tmp, d / "meta.json")
 

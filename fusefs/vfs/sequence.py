@@ -62,9 +62,10 @@ MAX_FOLDERS = 32  # folders whose orders are kept (LRU)
 class _Order:
     """One order of a folder's files and the run of opens that follows it."""
 
-    __slots__ = ("inos", "last", "pos", "run")
+    __slots__ = ("inos", "kind", "last", "pos", "run")
 
-    def __init__(self, inos: list[InodeNo]) -> None:
+    def __init__(self, kind: str, inos: list[InodeNo]) -> None:
+        self.kind = kind  # "name" or "ino"
         self.inos = inos
         self.pos = {ino: i for i, ino in enumerate(inos)}
         self.last = -2  # position of the previous open
@@ -198,8 +199,9 @@ class FolderReadAhead:
         if folder is not None and folder.listing is parent.children:
             self._folders.move_to_end(parent.ino)
             return folder
-        if folder is not None:
-            self._stop(folder)  # a new listing: positions changed
+        old = folder
+        if old is not None:
+            self._stop(old)  # a new listing: positions changed
         assert parent.children is not None
         nodes = self.tree.nodes
         by_name = [
@@ -210,9 +212,16 @@ class FolderReadAhead:
             and child.kind is EntryKind.FILE
         ]
         by_ino = sorted(by_name)
-        orders = [_Order(by_name)]
+        orders = [_Order("name", by_name)]
         if by_ino != by_name:
-            orders.append(_Order(by_ino))
+            orders.append(_Order("ino", by_ino))
+        if old is not None:  # the listing was refreshed mid-copy: the run goes on
+            for new in orders:
+                prev = next((o for o in old.orders if o.kind == new.kind), None)
+                if prev is not None and 0 <= prev.last < len(prev.inos):
+                    at = new.pos.get(prev.inos[prev.last])
+                    if at is not None:
+                        new.last, new.run = at, prev.run
         folder = _Folder(parent.ino, parent.children, orders)
         self._folders[parent.ino] = folder
         while len(self._folders) > MAX_FOLDERS:

@@ -206,3 +206,27 @@ async def test_whole_object_providers_are_left_alone(tmp_path: Path, caps: Capab
         nursery.cancel_scope.cancel()
     assert ra.counters.sequences == 0 and ra.counters.queued == 0
     assert sorted(p.fetched()) == sorted(p.objects)
+
+
+async def test_a_listing_refreshed_mid_copy_does_not_restart_the_detection(tmp_path: Path) -> None:
+    p = FolderProvider()
+    for i in range(60):
+        p.add_file(f"f{i:03d}", 100 + i)
+    now = [0.0]
+    async with trio.open_nursery() as nursery:
+        cache = BlockCache(tmp_path / "c", block_size=BS, max_bytes=64 << 20, min_free_ratio=0)
+        await nursery.start(cache.run)
+        tree = VirtualTree([p], cache, dir_ttl=60, clock=lambda: now[0])
+        root = next(n for n in tree.nodes.values() if n.provider is p and n.key == "")
+        ra = FolderReadAhead(tree, cache, max_window=4)
+        nodes = dict(await tree.readdir(root.ino))
+        for i in range(10):
+            await read_file(tree, cache, ra, nodes[f"f{i:03d}"])
+        now[0] += 61
+        listing = root.children
+        nodes = dict(await tree.readdir(root.ino))  # refreshed: a new listing
+        assert root.children is not listing
+        await read_file(tree, cache, ra, nodes["f010"])  # one open, and it goes on at once
+        assert ra._folders[root.ino].active is not None
+        assert ra._folders[root.ino].listing is root.children
+        nursery.cancel_scope.cancel()
