@@ -169,7 +169,7 @@ def fmt_cell(cell: Cell | None, unit: str, notes: list[str]) -> str:
     if v is None:
         if cell.errors:
             return f"failed {note_ref(notes, cell.errors[0])}"
-        return "n/a"
+        return " ".join(["n/a", *(note_ref(notes, n) for n in cell.notes)])
     text = fmt(v, unit)
     good = [r for r in cell.runs if not math.isnan(r)]
     if len(good) > 1:

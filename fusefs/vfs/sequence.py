@@ -289,9 +289,7 @@ class FolderReadAhead:
         order = folder.active
         if order is None or folder.preparing or getattr(provider, "prepare_reads", None) is None:
             return
-        last = len(order.inos) - 1
-        horizon = min(order.last + PREPARE_AHEAD, last)
-        if folder.prepared_to >= horizon:
+        if folder.prepared_to >= self._prepare_horizon(folder, order):
             return
         folder.preparing = True
         self.counters.prepared += 1
@@ -299,13 +297,20 @@ class FolderReadAhead:
             self._run_prepare, folder, folder.generation, provider, name="read-ahead prepare"
         )
 
+    @staticmethod
+    def _prepare_horizon(folder: _Folder, order: _Order) -> int:
+        """Prepare ``PREPARE_AHEAD`` files ahead of the reader, and always a group beyond the
+        furthest file queued: a download must never find its link missing (a call of its own)."""
+        ahead = max(order.last + PREPARE_AHEAD, folder.ahead_to + PREPARE_STEP)
+        return min(ahead, len(order.inos) - 1)
+
     def _next_group(self, folder: _Folder, provider: Provider) -> list[ObjectRef]:
         """The refs of the next group of positions to prepare ([] when nothing is due)."""
         order = folder.active
         if order is None:
             return []
         last = len(order.inos) - 1
-        horizon = min(order.last + PREPARE_AHEAD, last)
+        horizon = self._prepare_horizon(folder, order)
         refs: list[ObjectRef] = []
         while not refs and folder.prepared_to < horizon:
             start = max(folder.prepared_to + 1, order.last + 1)
