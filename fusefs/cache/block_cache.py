@@ -276,7 +276,7 @@ class BlockCache:
                 await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
-                for w in self._writers:
+                for _ in self._writers:
                     self._wq.put(None)
                 for w in self._writers:
                     await trio.to_thread.run_sync(w.join)
