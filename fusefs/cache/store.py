@@ -145,6 +145,9 @@ class BlockStore:
         self.unpinned_bytes = 0
         self.pinned_bytes = 0
         self._meta: dict[str, ObjectMeta] = {}
+        # objects found by ``scan``: others have no files (new ones are known from memory), so
+        # a lookup of an object new to this run costs no failing open() on the event loop
+        self._on_disk: set[str] | None = None
         self._present: dict[str, dict[int, _Rec]] = {}
         self._fds: OrderedDict[str, int] = OrderedDict()  # read-only data fds (trio thread only)
         self.corrupt_blocks = 0
@@ -168,6 +171,8 @@ class BlockStore:
     def meta(self, oid: str) -> ObjectMeta | None:
         if oid in self._meta:
             return self._meta[oid]
+        if self._on_disk is not None and oid not in self._on_disk:
+            return None  # not in the cache at start, not written since: no file to try
         path = self.object_dir(oid) / "meta.json"
         try:
             meta = ObjectMeta(**json.loads(path.read_text()))
@@ -228,7 +233,8 @@ class BlockStore:
         """Blocks on disk with their records, read once per object from its table."""
         have = self._present.get(oid)
         if have is None:
-            have = self._read_table(oid)
+            known = self._on_disk is None or oid in self._on_disk
+            have = self._read_table(oid) if known else {}
             self._present[oid] = have
         return have
 
@@ -667,6 +673,7 @@ class BlockStore:
                     self.pinned_bytes += n
                 else:
                     entries.append((age, oid, index, n))
+        self._on_disk = {os.path.basename(d) for d in self._object_dirs()}
         entries.sort()
         self._lru = OrderedDict(((oid, index), n) for _, oid, index, n in entries)
         self.unpinned_bytes = sum(n for *_, n in entries)
