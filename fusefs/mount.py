@@ -58,7 +58,9 @@ def check_mountpoint(mountpoint: Path) -> None:
 
 
 def private_cache_dir(path: Path) -> None:
-    """The cache holds names, ids and sizes of private cloud files: 0700, fixed if it is not."""
+    """The cache holds names, ids and sizes of private cloud files: 0700, fixed if it is not;
+    everything the daemon creates afterwards is private too (umask 077)."""
+    os.umask(0o077)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:

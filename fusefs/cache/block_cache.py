@@ -536,9 +536,8 @@ class BlockCache:
                     got = store.read_nowait(obj.oid, index, lo, hi, plan)
                 if got is None:  # from the disk, or many checks: read and check in a thread
                     store.disk_reads += 1
-                    plan = store.read_plan(obj.oid, index, lo, hi, from_disk=True)
                     snap = store.record_snapshot(obj.oid, index)
-                    assert plan is not None and snap is not None
+                    assert snap is not None
                     raw, bad = await trio.to_thread.run_sync(
                         store.read_checked, obj.oid, index, plan, snap
                     )

@@ -80,12 +80,11 @@ class ObjectMeta:
 class _Rec:
     """One block's record: its length, which segments are present, their CRCs."""
 
-    __slots__ = ("crcs", "length", "mask", "verified")
+    __slots__ = ("crcs", "length", "mask")
 
     def __init__(self, nseg: int) -> None:
         self.length = 0
         self.mask = 0
-        self.verified = 0  # segments checked (or written) by this run
         self.crcs = array("I", bytes(4 * nseg))
 
 
@@ -151,7 +150,7 @@ class BlockStore:
         self._present: dict[str, dict[int, _Rec]] = {}
         self._fds: OrderedDict[str, int] = OrderedDict()  # read-only data fds (trio thread only)
         self.corrupt_blocks = 0
-        self.disk_reads = 0  # reads that missed the page cache and went to a worker thread
+        self.disk_reads = 0  # reads done in a worker thread (page cache missed, or > 1 check)
         self.disk_read_bytes = 0  # bytes read from the data files (page cache or disk)
 
     # -- paths -----------------------------------------------------------------------------
@@ -339,7 +338,6 @@ class BlockStore:
         for j, crc in enumerate(crcs):
             rec.crcs[seg_first + j] = crc
             rec.mask |= 1 << (seg_first + j)
-            rec.verified |= 1 << (seg_first + j)
         self._write_record(oid, index, rec)
         self._forget_block(oid, index)
         n = self._rec_bytes(rec)
@@ -440,24 +438,19 @@ class BlockStore:
         if fd is not None:
             os.close(fd)
 
-    def read_plan(
-        self, oid: str, index: int, start: int, end: int, *, from_disk: bool = False
-    ) -> tuple[int, int, int] | None:
+    def read_plan(self, oid: str, index: int, start: int, end: int) -> tuple[int, int, int] | None:
         """What to read for bytes [start, end) of a block: (read start, read end, mask of the
-        segments that need their CRC checked); None if a segment is missing.
-
-        From the page cache, a segment this run wrote or checked is not checked again: those
-        pages hold the bytes we checked. Bytes that come from the disk (``from_disk``) are always
-        checked: that is where corruption at rest shows."""
+        segments to check); None if a segment is missing. Every read checks every segment it
+        touches: pages of the cache file can leave the page cache and come back from the disk
+        (the kernel's readahead, ``WILLNEED``) without the daemon knowing, so a segment checked
+        once is not known good later."""
         rec = self.present(oid).get(index)
         if rec is None or end > rec.length:
             return None
         want = self.seg_mask(rec.length, start, end)
         if rec.mask & want != want:
             return None
-        unchecked = want if from_disk else want & ~rec.verified
-        if not unchecked:
-            return start, end, 0
+        unchecked = want
         # widen to whole segments where a check is needed (only those are read whole)
         first = (unchecked & -unchecked).bit_length() - 1
         last = unchecked.bit_length() - 1
@@ -577,7 +570,6 @@ class BlockStore:
             )
             self.drop_block(oid, index)
             return CORRUPT
-        rec.verified |= unchecked
         self.touch(oid, index)
         if lo == start and len(data) == end - start:
             return data

@@ -115,12 +115,15 @@ class ListingStore:
     def _write(self, path: Path, item: tuple[str, str, float, Sequence[RemoteEntry]]) -> None:
         provider, key, saved_at, entries = item
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             text = _encode(key, saved_at, entries)
             # one tmp name per daemon: two mounts may share a cache directory
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
             try:
-                tmp.write_text(text)
+                # 0600: names, ids and sizes of private cloud files
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
                 os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):

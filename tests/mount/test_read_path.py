@@ -71,6 +71,11 @@ def test_cold_read_is_fully_persisted(world_tiny: Path, emulator: Emulator, work
         stats = cache_stats(m.path)
     assert downloads(emulator) == {}, downloads(emulator)
     assert stats["fetches"] == 0 and stats["hits"] > 0, stats
+    # the cache holds names, ids and sizes of private files: nothing in it for other users
+    assert cache.stat().st_mode & 0o777 == 0o700
+    for p in cache.rglob("*"):
+        mode = p.stat().st_mode & 0o777
+        assert mode & 0o077 == 0, (p, oct(mode))
 
 
 def test_random_reads_fetch_and_read_only_their_segments(
