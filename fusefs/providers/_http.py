@@ -327,33 +327,12 @@ async def stream_range(
                         raise TransientError(f"body ended at byte {pos}, wanted {end}", call=call)
         except _Stale as exc:
             stale_in_a_row += 1
-            if stale_in_a_row > 2:
-                if exc.status == 404:  # a fresh link does not find it either: it is gone
-                    raise ObjectNotFound(
-                        "object not found even with a fresh link", call=call
-                    ) from None
-                raise AuthError(
-                    f"download rejected ({exc}) even with a fresh link", call=call
-                ) from None
-            log.warning("%s: link/credentials rejected (%s) at byte %d; refreshing", call, exc, pos)
+            _refresh_or_raise(exc, stale_in_a_row, call, pos)
             stale = True
         except TransientError as exc:
             if not progressed:
                 failures += 1
-            limit = policy.unavailable_attempts if isinstance(exc, Unavailable) else policy.attempts
-            if failures >= limit:
-                raise
-            delay = policy.delay(max(failures, 1), exc.retry_after)
-            log.warning(
-                "%s failed at byte %d (%s); resuming (%d/%d) in %.2fs",
-                call,
-                pos,
-                exc,
-                failures,
-                limit - 1,
-                delay,
-            )
-            await trio.sleep(delay)
+            await _backoff(exc, call, pos, failures, policy)
 
 
 async def download_range(
@@ -473,15 +452,7 @@ async def download_range(
             )
         except _Stale as exc:
             stale_in_a_row += 1
-            if stale_in_a_row > 2:
-                if exc.status == 404:
-                    raise ObjectNotFound(
-                        "object not found even with a fresh link", call=call
-                    ) from None
-                raise AuthError(
-                    f"download rejected ({exc}) even with a fresh link", call=call
-                ) from None
-            log.warning("%s: link/credentials rejected (%s) at byte %d; refreshing", call, exc, pos)
+            _refresh_or_raise(exc, stale_in_a_row, call, pos)
             stale = True
         except (OSError, http.client.HTTPException) as exc:
             if not progressed:
@@ -498,6 +469,15 @@ async def download_range(
             await _backoff(exc, call, pos, failures, policy)
         except ValueError as exc:  # a URL http.client cannot use
             raise ProtocolError(f"bad download URL: {exc}", call=call) from None
+
+
+def _refresh_or_raise(exc: _Stale, in_a_row: int, call: str, pos: int) -> None:
+    """A rejected target: refresh it (twice in a row at most), else the final error."""
+    if in_a_row > 2:
+        if exc.status == 404:  # a fresh link does not find it either: it is gone
+            raise ObjectNotFound("object not found even with a fresh link", call=call) from None
+        raise AuthError(f"download rejected ({exc}) even with a fresh link", call=call) from None
+    log.warning("%s: link/credentials rejected (%s) at byte %d; refreshing", call, exc, pos)
 
 
 async def _backoff(
