@@ -164,3 +164,21 @@ def mounted(
     finally:
         rc = unmount(proc, mnt)
     assert rc == 0, f"daemon exited with {rc}:\n{log.read_text(errors='replace')[-4000:]}"
+
+
+def cache_stats(mnt: Path) -> dict[str, int]:
+    """`fusefs cache stats MNT` as numbers (the daemon's own counters)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "fusefs", "cache", "stats", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    stats: dict[str, int] = {}
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        try:
+            stats[key] = int(value.strip())
+        except ValueError:
+            pass
+    return stats

@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from fusefs.demo import demo_config, running_emulator
-from tests.helpers.mounting import Emulator, mounted, spawn_daemon, unmount, wait_for_mount
+from tests.helpers.mounting import (
+    Emulator,
+    cache_stats,
+    mounted,
+    spawn_daemon,
+    unmount,
+    wait_for_mount,
+)
 from tests.mount.test_mount import manifest
 
 pytestmark = pytest.mark.fuse
@@ -295,14 +302,8 @@ def test_unchanged_file_rereads_from_the_page_cache(
     big = max(ranged(world_tiny), key=lambda f: f["size"])
 
     def daemon_reads(mnt: Path) -> int:
-        out = subprocess.run(
-            [sys.executable, "-m", "fusefs", "cache", "stats", str(mnt)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        stats = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
-        return int(stats["hits"]) + int(stats["misses"])
+        stats = cache_stats(mnt)
+        return stats["hits"] + stats["misses"]
 
     with mounted(world_tiny, emulator.url, workdir) as m:
         path = m.path / big["path"]

@@ -8,12 +8,11 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.mounting import Emulator, mounted
+from tests.helpers.mounting import Emulator, cache_stats, mounted
 from tests.mount.test_cache_mount import downloads, sent_bytes
 from tests.mount.test_mount import manifest
 
@@ -24,23 +23,6 @@ SEG = 64 << 10
 
 def big_koodrive(world: Path) -> dict:
     return max((f for f in manifest(world) if f["provider"] == "koodrive"), key=lambda f: f["size"])
-
-
-def cache_stats(mnt: Path) -> dict[str, int]:
-    out = subprocess.run(
-        [sys.executable, "-m", "fusefs", "cache", "stats", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    stats: dict[str, int] = {}
-    for line in out.splitlines():
-        key, _, value = line.partition(" ")
-        try:
-            stats[key] = int(value.strip())
-        except ValueError:
-            pass
-    return stats
 
 
 def drop_page_cache() -> None:
