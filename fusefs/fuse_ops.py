@@ -255,7 +255,9 @@ class FuseOperations(pyfuse3.Operations):
             raise to_fs_error(exc, f"reading {self.tree.describe(node)} at {off}") from exc
 
     async def release(self, fh: int) -> None:
-        self._files.pop(fh, None)
+        entry = self._files.pop(fh, None)
+        if entry is not None:
+            entry[1].close()
 
     # -- xattrs ------------------------------------------------------------------------------
     def _xattrs(self, node: Node) -> dict[str, str]:

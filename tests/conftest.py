@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mounting import FAST_IOTDA_WINDOW, Emulator, fuse_available
+from tests.helpers.mounting import FAST_IOTDA_WINDOW, SPAWNED_MOUNTS, Emulator, fuse_available
 
 faulthandler.enable()
 
@@ -26,16 +26,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Backstop: lazily unmount any fusefs mount a failed test left behind."""
-    try:
-        with open("/proc/self/mounts") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return
-    for line in lines:
-        parts = line.split()
-        if len(parts) > 2 and parts[2] == "fuse.fusefs" and "/pytest-" in parts[1]:
-            subprocess.run(["fusermount3", "-u", "-z", parts[1]], check=False)
+    """Backstop: lazily unmount what a failed test of this run left mounted (only this run's)."""
+    for mnt in SPAWNED_MOUNTS:
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ import threading
 import weakref
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,6 +92,9 @@ class CachedObject:
         return not self.provider.capabilities.ranged_reads
 
 
+_WriteItem = tuple["_Sink", int, bytearray | None, "array[int] | None"]
+
+
 @dataclass(eq=False, slots=True)
 class _Flight:
     """Segments of one block being fetched, and the event their readers wait on."""
@@ -99,6 +102,18 @@ class _Flight:
     mask: int
     event: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
+    waiters: int = 0  # reads waiting on it now: a fetch they wait for is never abandoned
+
+
+@dataclass(eq=False)
+class _Fetch:
+    """One ranged fetch in flight, started for ``owner`` (a file handle's reader, or None)."""
+
+    obj: CachedObject
+    start: int
+    end: int
+    flights: list[tuple[int, _Flight]]
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
 @dataclass
@@ -188,7 +203,9 @@ class _Sink:
         self.buf, self.filled = bytearray(), 0
         return unit
 
-    def write(self, start: int, data: bytearray) -> array[int] | None:
+    def write(
+        self, start: int, data: bytearray, crcs: array[int] | None = None
+    ) -> array[int] | None:
         """File IO only (worker thread): the unit's segments, after meta.json the first time.
         Large fetches reserve their file space ahead of the writes, PREALLOCATE at a time."""
         store = self.cache.store
@@ -208,6 +225,7 @@ class _Sink:
                 start // self.cache.block_size,
                 (start % self.cache.block_size) // store.seg,
                 data,
+                crcs,
             )
         except OSError as exc:
             log.warning("could not write cache data of %s: %s", self.obj.ref.key, exc)
@@ -231,6 +249,7 @@ class BlockCache:
         min_free_ratio: float = 0.05,
         memory_budget: int = 256 << 20,
         max_request: int = 64 << 20,
+        max_read_ahead: int = 128 << 20,
     ) -> None:
         self.block_size = block_size
         self.store = BlockStore(root, block_size, max_bytes, min_free_ratio)
@@ -243,6 +262,12 @@ class BlockCache:
         # one block buffer per fetch in flight (the rest of a fetch is on disk, not in memory)
         self.budget = ByteBudget(max(memory_budget // 4, 2 * block_size))
         self._flights: dict[BlockKey, list[_Flight]] = {}
+        # read-ahead fetches by the reader that started them: abandoned when it closes
+        self._owned: dict[Hashable, set[_Fetch]] = {}
+        self.abandoned = 0  # fetches cancelled because their reader went away
+        # the sequential readers now (FileReader), sharing ``read_ahead_total`` between them
+        self.streams: weakref.WeakSet[object] = weakref.WeakSet()
+        self.read_ahead_total = max_read_ahead
         self._whole: dict[str, _WholeFetch] = {}
         self._objects: OrderedDict[str, CachedObject] = OrderedDict()
         # every view still referenced (an open file, a fetch): one view per object, always
@@ -251,7 +276,8 @@ class BlockCache:
         self.counters = CacheCounters()
         # full blocks received but not yet on disk: served from here until the writer commits
         self._pending: dict[BlockKey, bytes | bytearray] = {}
-        self._wq: queue.Queue[tuple[_Sink, int, bytearray | None] | None] = queue.Queue(WRITE_QUEUE)
+        # (sink, start, data or None: a punch, CRCs if computed by the receiving thread)
+        self._wq: queue.Queue[_WriteItem | None] = queue.Queue(WRITE_QUEUE)
         self._writers: list[threading.Thread] = []
         self._queued: dict[str, int] = {}  # units of an object received, not yet committed
         self._written = trio.Event()  # set (and replaced) after every commit
@@ -290,12 +316,12 @@ class BlockCache:
             try:
                 if item is None:
                     return
-                sink, start, data = item
+                sink, start, data, crcs = item
                 if data is None:  # a failed fetch: give back the space it reserved, unwritten
                     if sink.allocated > start:
                         self.store.release_range(sink.obj.oid, start, sink.allocated)
                     continue
-                crcs = sink.write(start, data)
+                crcs = sink.write(start, data, crcs)
             finally:
                 self._wq.task_done()
             try:
@@ -325,7 +351,8 @@ class BlockCache:
                 return
         except trio.RunFinishedError:
             raise _Stopped from None
-        self._wq.put((sink, start, data))
+        # the CRCs here, in the receiving threads (in parallel), not in the one writer
+        self._wq.put((sink, start, data, self.store.crcs(data)))
 
     def _is_full_block(self, obj: CachedObject, start: int, length: int) -> bool:
         bs = self.block_size
@@ -343,9 +370,9 @@ class BlockCache:
         """Async mode: serve the unit now, queue it for the writer."""
         self._arrived(sink.obj, start, data)
         try:
-            self._wq.put_nowait((sink, start, data))
+            self._wq.put_nowait((sink, start, data, None))
         except queue.Full:
-            await trio.to_thread.run_sync(self._wq.put, (sink, start, data))
+            await trio.to_thread.run_sync(self._wq.put, (sink, start, data, None))
 
     async def flush(self, oid: str) -> None:
         """Wait until every received block of an object is on disk."""
@@ -570,7 +597,11 @@ class BlockCache:
         missing = store_mask & ~self._have_mask(obj, index)
         for flight in self._flights.get(key, ()):
             if flight.mask & missing:
-                await flight.event.wait()
+                flight.waiters += 1
+                try:
+                    await flight.event.wait()
+                finally:
+                    flight.waiters -= 1
                 if (
                     flight.error is not None
                     and self.store.read_plan(obj.oid, index, lo, hi) is None
@@ -587,8 +618,11 @@ class BlockCache:
         return bytes(await self.read_block(obj, index, 0, self._block_len(obj, index)))
 
     # -- fetching ----------------------------------------------------------------------------
-    def prefetch(self, obj: CachedObject, first: int, last: int, *, persist: bool = False) -> None:
-        """Start fetches so that blocks [first, last] become present. Never waits."""
+    def prefetch(
+        self, obj: CachedObject, first: int, last: int, *, owner: Hashable | None = None
+    ) -> None:
+        """Start fetches so that blocks [first, last] become present. Never waits. Fetches
+        started for an ``owner`` are cancelled by :meth:`abandon` unless a read waits on them."""
         if obj.whole_only or obj.size is None:
             self.start_whole(obj)
             return
@@ -596,7 +630,25 @@ class BlockCache:
         if last < first:
             return
         g_last = last * self.nseg + (self._block_len(obj, last) - 1) // self.seg
-        self._start_segments(obj, first * self.nseg, g_last)
+        self._start_segments(obj, first * self.nseg, g_last, owner)
+
+    def abandon(self, owner: Hashable) -> None:
+        """``owner`` (a closed file handle) needs nothing more: cancel its fetches that no read
+        waits on. What they received so far stays (whole segments are kept); the rest of their
+        ranges is fetched again by whoever asks for it."""
+        for fetch in self._owned.pop(owner, ()):
+            if not any(f.waiters for _, f in fetch.flights):
+                self.abandoned += 1
+                log.debug(
+                    "read-ahead of %s [%d:%d] abandoned: its reader closed",
+                    fetch.obj.ref.key,
+                    fetch.start,
+                    fetch.end,
+                )
+                fetch.scope.cancel()
+                # from now on nobody waits on its flights: a read that comes meanwhile starts
+                # its own fetch of what is still missing
+                self._fail(fetch.obj, fetch.flights, None)
 
     def prefetch_bytes(self, obj: CachedObject, offset: int, end: int) -> None:
         """Start fetches of just the segments covering [offset, end) (random reads)."""
@@ -608,7 +660,9 @@ class BlockCache:
             return
         self._start_segments(obj, offset // self.seg, (end - 1) // self.seg)
 
-    def _start_segments(self, obj: CachedObject, g0: int, g1: int) -> None:
+    def _start_segments(
+        self, obj: CachedObject, g0: int, g1: int, owner: Hashable | None = None
+    ) -> None:
         """Fetch every segment in [g0, g1] neither present nor in flight, in runs of at most
         ``max_request`` bytes, one flight per block covered."""
         nseg = self.nseg
@@ -625,10 +679,10 @@ class BlockCache:
                 if not self._needs(obj, i2, 1 << j2):
                     break
                 run_end += 1
-            self._launch(obj, g, run_end)
+            self._launch(obj, g, run_end, owner)
             g = run_end + 1
 
-    def _launch(self, obj: CachedObject, g0: int, g1: int) -> None:
+    def _launch(self, obj: CachedObject, g0: int, g1: int, owner: Hashable | None = None) -> None:
         """Mark segments [g0, g1] in flight (one flight per block) and spawn their fetch."""
         nseg = self.nseg
         flights: list[tuple[int, _Flight]] = []
@@ -641,9 +695,31 @@ class BlockCache:
         start = g0 * self.seg
         assert obj.size is not None
         end = min(obj.size, (g1 + 1) * self.seg)
+        fetch = _Fetch(obj, start, end, flights)
+        if owner is not None:
+            self._owned.setdefault(owner, set()).add(fetch)
         self._spawn(
-            self._fetch_range, obj, start, end, flights, name=f"fetch {obj.ref.key}[{start}:{end}]"
+            self._fetch_owned,
+            obj,
+            start,
+            end,
+            fetch,
+            owner,
+            name=f"fetch {obj.ref.key}[{start}:{end}]",
         )
+
+    async def _fetch_owned(
+        self, obj: CachedObject, start: int, end: int, fetch: _Fetch, owner: Hashable | None
+    ) -> None:
+        try:
+            with fetch.scope:
+                await self._fetch_range(obj, start, end, fetch.flights)
+        finally:
+            owned = self._owned.get(owner) if owner is not None else None
+            if owned is not None:
+                owned.discard(fetch)
+                if not owned:
+                    del self._owned[owner]
 
     def _unit_mask(self, start: int, length: int) -> tuple[int, int]:
         j0 = (start % self.block_size) // self.seg
@@ -706,8 +782,9 @@ class BlockCache:
             del self._flights[key]
 
     def _fail(
-        self, obj: CachedObject, flights: list[tuple[int, _Flight]], exc: BaseException
+        self, obj: CachedObject, flights: list[tuple[int, _Flight]], exc: BaseException | None
     ) -> None:
+        """End ``flights`` (``exc`` None: abandoned, their waiters look again)."""
         for index, f in flights:
             key = (obj.oid, index)
             lst = self._flights.get(key)
@@ -762,6 +839,8 @@ class BlockCache:
             await self._release_reserved(sink)
         except BaseException:
             self._fail(obj, flights, ProtocolError("fetch cancelled", call="cache"))
+            with trio.CancelScope(shield=True):
+                await self._release_reserved(sink)
             raise
         finally:
             self.budget.release(reserved)
@@ -776,9 +855,9 @@ class BlockCache:
         bs = self.block_size
         start = -(-sink.pos // bs) * bs
         try:
-            self._wq.put_nowait((sink, start, None))
+            self._wq.put_nowait((sink, start, None, None))
         except queue.Full:
-            await trio.to_thread.run_sync(self._wq.put, (sink, start, None))
+            await trio.to_thread.run_sync(self._wq.put, (sink, start, None, None))
 
     async def _feed(self, sink: _Sink, chunk: bytes) -> None:
         """Async mode: copy a chunk into the sink, writing finished units in a worker thread."""
@@ -932,6 +1011,7 @@ class BlockCache:
             fetches=self.counters.fetches,
             fetched_bytes=self.counters.fetched_bytes,
             not_persisted=self.counters.not_persisted,
+            abandoned=self.abandoned,
             memory_bytes=self._mem_bytes,
             inflight_budget_used=self.budget.used,
         )

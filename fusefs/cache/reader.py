@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 # readahead grows with ours, so its requests run ahead by about as much).
 _BACK_SLACK = 1 << 20
 _FORWARD_SLACK = 2 << 20
+# the least read-ahead a sequential reader keeps, however many share the total
+_MIN_SHARE = 8 << 20
 
 
 class FileReader:
@@ -35,9 +37,16 @@ class FileReader:
             ahead = max(_FORWARD_SLACK, 2 * self.window * self.cache.block_size)
             sequential = expected - _BACK_SLACK <= offset <= expected + ahead
         self.reads += 1
+        streams = self.cache.streams
         if sequential:
-            self.window = min(max(self.window * 2, 1), self.max_window_blocks)
+            streams.add(self)
+            # readers share the read-ahead: 8 readers with a full window each would keep
+            # 512 MiB in flight, their next blocks behind everyone's far read-ahead
+            share = max(_MIN_SHARE, self.cache.read_ahead_total // max(1, len(streams)))
+            cap = min(self.max_window_blocks, share // self.cache.block_size)
+            self.window = min(max(self.window * 2, 1), max(1, cap))
         else:
+            streams.discard(self)
             self.random_reads += 1
             self.window = 0
         self.next_offset = max(end, self.next_offset) if sequential else end
@@ -58,7 +67,7 @@ class FileReader:
         # blocks the caller needs now: fetch them together with the read-ahead run that follows
         missing = cache.first_missing(obj, first, last)
         if missing is not None:
-            cache.prefetch(obj, missing, max(last, min(horizon, missing + self.window)))
+            cache.prefetch(obj, missing, max(last, min(horizon, missing + self.window)), owner=self)
             return
         if horizon <= last:
             return
@@ -67,7 +76,12 @@ class FileReader:
             return
         # only issue a read-ahead request once it is worth a round trip: half a window, or EOF
         if horizon - ahead + 1 >= max(1, self.window // 2) or horizon == nblocks - 1:
-            cache.prefetch(obj, ahead, min(ahead + self.window - 1, nblocks - 1))
+            cache.prefetch(obj, ahead, min(ahead + self.window - 1, nblocks - 1), owner=self)
+
+    def close(self) -> None:
+        """The handle is released: its read-ahead that no other read waits for stops."""
+        self.cache.streams.discard(self)
+        self.cache.abandon(self)
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         obj = self.obj

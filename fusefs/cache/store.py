@@ -116,6 +116,18 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _open_for_reads(path: str) -> int:
+    """A read-only fd of a data file, without the kernel's own readahead: reads name exactly
+    what they need (and ``advise_willneed`` what comes next). Readahead would run into space
+    ``preallocate`` reserved and not yet written, and the kernel zero-fills those pages only
+    for the writer to overwrite them: measured with 8 cold readers, the largest single cost
+    of the daemon (15 % of the machine's CPU in memset)."""
+    fd = os.open(path, os.O_RDONLY)
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    return fd
+
+
 class BlockStore:
     """Blocks on disk plus an in-memory index: present segments, LRU of unpinned blocks."""
 
@@ -271,15 +283,33 @@ class BlockStore:
         return sum(self._rec_bytes(r) for r in self.present(oid).values())
 
     # -- writing (worker threads: file IO only) ----------------------------------------------
+    def crcs(self, data: bytes | bytearray) -> array[int]:
+        """The CRC32 of each segment of ``data`` (thread-safe)."""
+        view, seg = memoryview(data), self.seg
+        return array("I", (zlib.crc32(view[i : i + seg]) for i in range(0, len(view), seg)))
+
+    def _open_data(self, oid: str) -> int:
+        # the object's directory exists but on the first write (it goes only at a scan)
+        path = self.data_path(oid)
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            os.makedirs(self._dir(oid), mode=0o700, exist_ok=True)
+            return os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+
     def write_unit(
-        self, oid: str, index: int, seg_first: int, data: bytes | bytearray
+        self,
+        oid: str,
+        index: int,
+        seg_first: int,
+        data: bytes | bytearray,
+        crcs: array[int] | None = None,
     ) -> array[int]:
         """Write whole segments of one block starting at segment ``seg_first``; return their
-        CRCs. The record is written later, by ``commit`` (data first, record second)."""
-        d = self._dir(oid)
-        os.makedirs(d, mode=0o700, exist_ok=True)
+        CRCs (``crcs`` if given). The record is written later, by ``commit`` (data first,
+        record second)."""
         view = memoryview(data)
-        fd = os.open(os.path.join(d, self._data_name), os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = self._open_data(oid)
         try:
             off = index * self.block_size + seg_first * self.seg
             done = 0
@@ -287,8 +317,7 @@ class BlockStore:
                 done += os.pwrite(fd, view[done:], off + done)
         finally:
             os.close(fd)
-        seg = self.seg
-        return array("I", (zlib.crc32(view[i : i + seg]) for i in range(0, len(view), seg)))
+        return crcs if crcs is not None else self.crcs(data)
 
     def preallocate(self, oid: str, start: int, end: int) -> None:
         """File IO only (thread-safe): reserve [start, end) of the data file before writing it.
@@ -297,9 +326,7 @@ class BlockStore:
         0.3-1.0 s of system CPU, 0.16-0.5 s when 64 MiB runs are fallocate'd first."""
         if _FALLOCATE is None:
             return
-        d = self._dir(oid)
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(d, self._data_name), os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = self._open_data(oid)
         try:
             # mode 0, not KEEP_SIZE: ext4 cannot punch space reserved beyond the end of file,
             # and a failed fetch gives its reservation back with a punch (release_range)
@@ -426,7 +453,7 @@ class BlockStore:
         if fd is not None:
             self._fds.move_to_end(oid)
             return fd
-        fd = os.open(self.data_path(oid), os.O_RDONLY)
+        fd = _open_for_reads(self.data_path(oid))
         self._fds[oid] = fd
         while len(self._fds) > 64:
             _, old = self._fds.popitem(last=False)
@@ -501,7 +528,7 @@ class BlockStore:
         """File IO only (thread-safe): the planned bytes, or None if the file is gone/short."""
         lo, hi, _ = plan
         try:
-            fd = os.open(self.data_path(oid), os.O_RDONLY)
+            fd = _open_for_reads(self.data_path(oid))
         except OSError:
             return None
         try:

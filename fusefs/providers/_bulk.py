@@ -190,7 +190,7 @@ class BulkClient:
             try:
                 resp = self._send(conn, target, hdrs)
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                if not reused:
+                if not reused or attempt.stopped.is_set():
                     raise
                 # a kept-alive connection the server had closed meanwhile: one fresh try
                 conn.close()

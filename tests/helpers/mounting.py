@@ -21,6 +21,10 @@ from fusefs.demo import demo_config
 # the rule itself is tested with its own window.
 FAST_IOTDA_WINDOW = 0.3
 
+# Every mountpoint this test process handed to a daemon: the session's backstop unmounts only
+# these, never a mount of another test run on the same machine.
+SPAWNED_MOUNTS: set[Path] = set()
+
 
 def fuse_available() -> bool:
     if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
@@ -95,6 +99,7 @@ def spawn_daemon(
     config: Path, mnt: Path, env: dict[str, str], log: Path, *extra: str
 ) -> subprocess.Popen[bytes]:
     """`fusefs mount --foreground` in a subprocess, logging to ``log`` (the caller unmounts)."""
+    SPAWNED_MOUNTS.add(Path(mnt))
     with open(log, "ab") as out:
         return subprocess.Popen(
             [

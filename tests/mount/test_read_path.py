@@ -130,3 +130,40 @@ def test_cuts_and_errors_mid_body_never_serve_a_wrong_byte(
         stats = cache_stats(m.path)
         assert stats["corrupt_blocks"] == 0, stats
         assert "resuming" in m.log_text() or "retry" in m.log_text()
+
+
+def test_a_closed_handle_stops_its_read_ahead(
+    world_tiny: Path, emulator: Emulator, workdir: Path
+) -> None:
+    """Read the start of a file and close it while its read-ahead waits for the server: the
+    read-ahead is cancelled (the file's later bytes are never sent), and a later full read
+    fetches what is missing and gets every byte right."""
+    f = big_koodrive(world_tiny)
+    assert f["size"] >= 8 << 20, f  # room for a read-ahead past the first fetch
+    with mounted(world_tiny, emulator.url, workdir) as m:
+        path = m.path / f["path"]
+        os.stat(path)
+        emulator.reset_stats()
+        emulator.set_faults(
+            {"rules": [{"route": "koodrive.obs", "kind": "latency", "seconds": 1.5}]}
+        )
+        fd = os.open(path, os.O_RDONLY)
+        # the kernel's own readahead off: it would ask for the whole file itself
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        try:
+            for k in range(4):  # sequential: the window grows, read-ahead goes out
+                assert len(os.pread(fd, 128 << 10, k * (128 << 10))) == 128 << 10
+        finally:
+            os.close(fd)
+        # the read-ahead requests are still in their 1.5 s wait: time for them to finish
+        subprocess.run(["sleep", "3"], check=True)
+        stats = cache_stats(m.path)
+        assert stats["abandoned"] >= 1, stats
+        # what the daemon received (the server may have written more into the closed socket)
+        assert stats["fetched_bytes"] <= f["size"] // 4, stats
+        assert stats["inflight_budget_used"] == 0, stats
+        emulator.set_faults({"rules": []})
+        drop_page_cache()
+        got = path.read_bytes()
+        assert hashlib.md5(got).hexdigest() == f["md5"]
+        assert cache_stats(m.path)["corrupt_blocks"] == 0
