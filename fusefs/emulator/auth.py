@@ -2,6 +2,8 @@
 
 - EnOS: ``apim-accesstoken`` issued by the token service (enos.md §2).
 - IAM: ``X-Subject-Token`` from ``POST /v3/auth/tokens``, sent as ``X-Auth-Token`` (huawei.md §1).
+- Huawei AK/SK: ``Authorization: SDK-HMAC-SHA256 Access=..., SignedHeaders=..., Signature=...``
+  with ``X-Sdk-Date``, as the official Huawei Cloud SDKs sign IoTDA and ROMA requests.
 - KooDrive: static bearer token or app auth HMAC-SHA256 (huawei.md §2.2.3).
 - OBS: AWS4-style presigned query, signed here with a per-process server secret (huawei.md §2.9).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from urllib.parse import quote, urlsplit
@@ -18,6 +21,8 @@ from urllib.parse import quote, urlsplit
 from starlette.requests import Request
 
 from .state import Token, World
+
+log = logging.getLogger(__name__)
 
 KOODRIVE_AUTH_WINDOW = 15 * 60  # seconds an app-auth X-Date stays valid [C]
 KOODRIVE_FUTURE_SKEW = 5  # seconds of clock skew tolerated for X-Date "in the future" [I]
@@ -81,6 +86,103 @@ def iam_check(world: World, request: Request) -> tuple[Token | None, str]:
             + iso_ms(tok.expires)
         )
     return tok, ""
+
+
+# ---- Huawei AK/SK (SDK-HMAC-SHA256) -------------------------------------------------------------
+
+HUAWEI_SIGN_ALGORITHM = "SDK-HMAC-SHA256"
+HUAWEI_SIGN_WINDOW = 15 * 60  # seconds an X-Sdk-Date stays valid, either way [I]
+AKSK_FAIL = "Incorrect IAM authentication information: verify aksk signature fail"
+
+
+def _sdk_encode(text: str) -> str:
+    return quote(text, safe="~")
+
+
+def huawei_canonical_request(
+    method: str,
+    path: str,
+    query: list[tuple[str, str]],
+    headers: dict[str, str],
+    signed: list[str],
+    payload_hash: str,
+) -> str:
+    """The SDK signer's CanonicalRequest: each path segment URI-encoded with a trailing ``/``;
+    the query sorted and encoded; ``name:value`` lines of the signed headers; the payload hash."""
+    uri = "/".join(_sdk_encode(seg) for seg in path.split("/"))
+    if not uri.endswith("/"):
+        uri += "/"
+    q = "&".join(f"{_sdk_encode(k)}={_sdk_encode(v)}" for k, v in sorted(query))
+    canon_headers = "".join(f"{h}:{headers.get(h, '').strip()}\n" for h in signed)
+    return "\n".join([method.upper(), uri, q, canon_headers, ";".join(signed), payload_hash])
+
+
+def huawei_signature(secret_key: str, sdk_date: str, canonical_request: str) -> str:
+    digest = hashlib.sha256(canonical_request.encode()).hexdigest()
+    string_to_sign = f"{HUAWEI_SIGN_ALGORITHM}\n{sdk_date}\n{digest}"
+    return hmac.new(secret_key.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def _auth_fields(params: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for part in params.split(","):
+        k, sep, v = part.strip().partition("=")
+        if sep:
+            fields[k.strip()] = v.strip()
+    return fields
+
+
+async def _huawei_aksk(world: World, request: Request, params: str) -> Token | None:
+    creds = world.credentials.get("iam", {})
+    ak, sk = str(creds.get("accessKey") or ""), str(creds.get("secretKey") or "")
+    fields = _auth_fields(params)
+    if not ak or not sk or not hmac.compare_digest(fields.get("Access", ""), ak):
+        log.info("AK/SK: unknown access key")
+        return None
+    signed = [h.strip().lower() for h in fields.get("SignedHeaders", "").split(";") if h.strip()]
+    sdk_date = request.headers.get("x-sdk-date", "")
+    when = _parse_x_date(sdk_date)
+    if "x-sdk-date" not in signed or when is None:
+        log.info("AK/SK: X-Sdk-Date missing or not signed")
+        return None
+    now = world.clock()
+    if abs(now - when) > HUAWEI_SIGN_WINDOW:
+        log.info("AK/SK: X-Sdk-Date %s outside the %d s window", sdk_date, HUAWEI_SIGN_WINDOW)
+        return None
+    # header values travel as UTF-8 bytes; Starlette hands them over decoded as Latin-1
+    headers = {
+        k.lower(): v.encode("latin-1").decode("utf-8", "replace")
+        for k, v in request.headers.items()
+    }
+    body = await request.body()
+    if not body:
+        payload = hashlib.sha256(b"").hexdigest()
+    else:
+        payload = headers.get("x-sdk-content-sha256") or hashlib.sha256(body).hexdigest()
+    canon = huawei_canonical_request(
+        request.method,
+        str(request.scope["path"]),
+        list(request.query_params.multi_items()),
+        headers,
+        signed,
+        payload,
+    )
+    expected = huawei_signature(sk, sdk_date, canon)
+    if not hmac.compare_digest(expected, fields.get("Signature", "").lower()):
+        log.info("AK/SK: signature mismatch")
+        return None
+    return Token(ak, when + HUAWEI_SIGN_WINDOW, str(creds.get("user", "")))
+
+
+async def huawei_check(world: World, request: Request) -> tuple[Token | None, str]:
+    """IoTDA/ROMA credentials: an AK/SK-signed request (what the official SDKs send) or an IAM
+    token (``X-Auth-Token``, what the daemon sends). ``None`` and the APIG.0301 message when
+    neither is good."""
+    scheme, _, params = request.headers.get("authorization", "").strip().partition(" ")
+    if scheme == HUAWEI_SIGN_ALGORITHM:
+        tok = await _huawei_aksk(world, request, params)
+        return (tok, "") if tok is not None else (None, AKSK_FAIL)
+    return iam_check(world, request)
 
 
 # ---- KooDrive -----------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ probability ``rate`` (seeded RNG) at most ``count`` times (``None`` = unlimited)
 
 ``latency``   sleep ``seconds`` before answering
 ``error``     answer HTTP ``status`` (default 503) with the family's error body
-``throttle``  answer 429 with ``Retry-After: retry_after``
+``throttle``  answer 429 with ``Retry-After: retry_after`` (IoTDA routes: 403 ``IOTDA.021101``,
+              the code and status IoTDA documents for throttling, without ``Retry-After``)
 ``reset``     send ``after_bytes`` bytes of the body, then abort the connection
 ``truncate``  declare the full Content-Length, send only ``after_bytes`` bytes, then close
 
@@ -75,6 +76,7 @@ class FaultPlan:
     iotda_download_window: float = 30.0
     iotda_task_delay: float = 1.0
     roma_job_delay: float = 1.0
+    roma_export_fails: bool = False  # export jobs started now end FAILED (with their reasons)
     index_lag: float = 0.0
     one_shot: bool = True
     enos_range: bool = True

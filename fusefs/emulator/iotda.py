@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from . import auth
 from .state import JSON, Body, Token, World, make_zip
-from .web import Stream, endpoint, json_response, read_json
+from .web import Stream, endpoint, json_response, read_json, request_id
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,9 @@ def error(status: int, code: str, msg: str) -> Response:
 
 
 def apig_401(msg: str) -> Response:
-    return json_response({"error_code": "APIG.0301", "error_msg": msg, "request_id": "0" * 32}, 401)
+    return json_response(
+        {"error_code": "APIG.0301", "error_msg": msg, "request_id": request_id()}, 401
+    )
 
 
 def iso_ms(epoch: float) -> str:
@@ -71,8 +73,8 @@ def task_json(t: JSON) -> JSON:
     return {k: t.get(k) for k in TASK_FIELDS}
 
 
-def _auth(world: World, request: Request) -> tuple[Token | None, Response | None]:
-    tok, msg = auth.iam_check(world, request)
+async def _auth(world: World, request: Request) -> tuple[Token | None, Response | None]:
+    tok, msg = await auth.huawei_check(world, request)
     if tok is None:
         return None, apig_401(msg)
     if request.path_params["project_id"] != world.iotda_project:
@@ -89,7 +91,7 @@ def _new_id(world: World) -> str:
 
 
 async def create_task(world: World, request: Request) -> Response:
-    _tok, err = _auth(world, request)
+    _tok, err = await _auth(world, request)
     if err is not None:
         return err
     try:
@@ -153,7 +155,7 @@ def _int_param(value: str | None, default: int, lo: int, hi: int) -> int | None:
 
 
 async def list_tasks(world: World, request: Request) -> Response:
-    _tok, err = _auth(world, request)
+    _tok, err = await _auth(world, request)
     if err is not None:
         return err
     q = request.query_params
@@ -207,7 +209,7 @@ async def list_tasks(world: World, request: Request) -> Response:
 
 
 async def delete_task(world: World, request: Request) -> Response:
-    _tok, err = _auth(world, request)
+    _tok, err = await _auth(world, request)
     if err is not None:
         return err
     task_id = request.path_params["task_id"]
@@ -217,7 +219,7 @@ async def delete_task(world: World, request: Request) -> Response:
 
 
 async def download(world: World, request: Request) -> Response:
-    tok, err = _auth(world, request)
+    tok, err = await _auth(world, request)
     if err is not None:
         return err
     assert tok is not None

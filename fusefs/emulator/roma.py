@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from . import auth
 from .state import JSON, Body, Token, World, make_zip
-from .web import Stream, endpoint, json_response, read_json
+from .web import Stream, endpoint, json_response, read_json, request_id
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def error(status: int, msg: str, details: str, code: str = "ROMA.00000101") -> R
             "error_code": code,
             "error_msg": msg,
             "error_details": details,
-            "request_id": secrets.token_hex(16),
+            "request_id": request_id(),
         },
         status,
     )
@@ -36,26 +36,54 @@ def iso_s(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch)))
 
 
+def _failure(resource_name: str, msg: str) -> list[JSON]:
+    """A job's ``reasons``: a list of ``AssetJobReason`` objects."""
+    return [
+        {
+            "resource_type": "application",
+            "resource_name": resource_name,
+            "error_code": "ROMA.00000101",
+            "error_msg": msg,
+        }
+    ]
+
+
 def _advance(world: World, job: JSON) -> None:
+    """A started job ends once its delay has passed: SUCCEEDED with an archive, or FAILED with
+    its reasons when it was started under the plan's ``roma_export_fails``."""
     ready = job.get("_ready_at")
     if job["status"] == "RUNNING" and ready is not None and world.clock() >= ready:
+        job["end_time"] = iso_s(ready)
+        if job.get("_fails"):
+            job["status"] = "FAILED"
+            job["progress_percent"] = 0.5
+            job["reasons"] = _failure(str(job.get("_app") or "app"), "export failed")
+            return
         job["status"] = "SUCCEEDED"
         job["progress_percent"] = 1.0
-        job["end_time"] = iso_s(ready)
         job["archive_id"] = secrets.token_hex(16)
         job["body"] = Body.from_bytes(make_zip("assets.json", job["job_id"], 8192))
 
 
-def _auth(
+def _reasons(job: JSON) -> list[JSON]:
+    """``reasons`` as the SDK model declares it (a list of AssetJobReason); a world may spell the
+    key ``reason`` (the name in one doc version)."""
+    given = job.get("reasons", job.get("reason"))
+    if isinstance(given, list):
+        return given
+    return _failure("app", "export failed") if job["status"] == "FAILED" else []
+
+
+async def _auth(
     world: World, request: Request
 ) -> tuple[Token | None, dict[str, JSON] | None, Response | None]:
-    tok, msg = auth.iam_check(world, request)
+    tok, msg = await auth.huawei_check(world, request)
     if tok is None:
         return (
             None,
             None,
             json_response(
-                {"error_code": "APIG.0301", "error_msg": msg, "request_id": secrets.token_hex(16)},
+                {"error_code": "APIG.0301", "error_msg": msg, "request_id": request_id()},
                 401,
             ),
         )
@@ -83,8 +111,15 @@ def _ids(value: Any, key: str) -> bool:
     return all(isinstance(v, dict) and (v.get("id") or v.get(key)) for v in value)
 
 
+def _first_id(value: Any) -> str | None:
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        first = value[0].get("id")
+        return str(first) if first else None
+    return None
+
+
 async def export(world: World, request: Request) -> Response:
-    tok, jobs, err = _auth(world, request)
+    tok, jobs, err = await _auth(world, request)
     if err is not None:
         return err
     assert tok is not None and jobs is not None
@@ -124,13 +159,15 @@ async def export(world: World, request: Request) -> Response:
         "consumed": False,
         "user": tok.subject,
         "_ready_at": now + float(world.faults.plan.roma_job_delay),
+        "_fails": bool(world.faults.plan.roma_export_fails),
+        "_app": _first_id(body.get("apps")),
     }
     _advance(world, jobs[job_id])
     return json_response({"job_id": job_id})
 
 
 async def job_status(world: World, request: Request) -> Response:
-    _tok, jobs, err = _auth(world, request)
+    _tok, jobs, err = await _auth(world, request)
     if err is not None:
         return err
     assert jobs is not None
@@ -142,19 +179,7 @@ async def job_status(world: World, request: Request) -> Response:
         "id": job["job_id"],
         "type": job.get("type", "exportAsset"),
         "status": job["status"],
-        "reason": job.get("reason")
-        or (
-            [
-                {
-                    "resource_type": "application",
-                    "resource_name": "app",
-                    "error_code": "ROMA.00000101",
-                    "error_msg": "export failed",
-                }
-            ]
-            if job["status"] == "FAILED"
-            else []
-        ),
+        "reasons": _reasons(job),
         "progress_percent": job.get("progress_percent", 0.0),
         "begin_time": job.get("begin_time"),
         "end_time": job.get("end_time"),
@@ -165,7 +190,7 @@ async def job_status(world: World, request: Request) -> Response:
 
 
 async def download(world: World, request: Request) -> Response:
-    _tok, jobs, err = _auth(world, request)
+    _tok, jobs, err = await _auth(world, request)
     if err is not None:
         return err
     assert jobs is not None

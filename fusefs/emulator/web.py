@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -149,8 +151,24 @@ _FAULT_TEXT = {
 }
 
 
+# Huawei's gateway puts an ``X-Request-Id`` on every IoTDA and ROMA answer (the official SDKs read
+# it into their exceptions); ROMA error bodies repeat it as ``request_id``.
+REQUEST_ID_FAMILIES = frozenset({"iotda", "roma"})
+_request_id: ContextVar[str | None] = ContextVar("emulator_request_id", default=None)
+
+
+def request_id() -> str:
+    """The ``X-Request-Id`` of the answer being built (a fresh id outside such a request)."""
+    rid = _request_id.get()
+    return rid if rid is not None else secrets.token_hex(16)
+
+
 def fault_response(route: str, status: int, retry_after: int | None) -> Response:
-    """The body an injected error/throttle gets, in the shape of the route's API family."""
+    """The body an injected error/throttle gets, in the shape of the route's API family.
+
+    IoTDA signals throttling with HTTP 403 ``IOTDA.021101`` (not 429): a 429 decision on an
+    ``iotda.*`` route is answered that way, without ``Retry-After``.
+    """
     text = _FAULT_TEXT.get(status, "An unexpected error occurred")
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     family = route.split(".", 1)[0]
@@ -176,13 +194,19 @@ def fault_response(route: str, status: int, retry_after: int | None) -> Response
                 "error_code": "IOTDA.021101",
                 "error_msg": "Request reached the maximum rate limit.",
             }
+            status, headers = 403, None
         else:
             body = {"error_code": "IOTDA.000500", "error_msg": "Internal server error."}
         resp = json_response(body, status)
     else:
         code = "APIG.0308" if status == 429 else "ROMA.00000500"
         resp = json_response(
-            {"error_code": code, "error_msg": text, "error_details": text, "request_id": "0" * 32},
+            {
+                "error_code": code,
+                "error_msg": text,
+                "error_details": text,
+                "request_id": request_id(),
+            },
             status,
         )
     if headers:
@@ -264,6 +288,8 @@ def endpoint(world: World, name: str | Callable[[Request], str], handler: Handle
         stats = world.route_stats(route)
         stats.requests += 1
         stats.enter()  # left when the answer's last byte is sent (Instrumented)
+        rid = secrets.token_hex(16) if route.split(".", 1)[0] in REQUEST_ID_FAMILIES else None
+        reset = _request_id.set(rid)
         try:
             decision = world.faults.decide(route)
             if decision.latency > 0:
@@ -275,6 +301,10 @@ def endpoint(world: World, name: str | Callable[[Request], str], handler: Handle
         except BaseException:
             stats.leave()
             raise
+        finally:
+            _request_id.reset(reset)
+        if rid is not None:
+            resp.headers["X-Request-Id"] = rid
         return Instrumented(resp, stats, decision.reset_after, decision.truncate_after)
 
     return run

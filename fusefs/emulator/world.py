@@ -216,7 +216,15 @@ def _md5(data: bytes) -> str:
 # ----------------------------------------------------------------------------- credentials
 
 
+def _access_keys(seed: int) -> tuple[str, str]:
+    """The IAM user's AK/SK pair (20 and 40 characters, as Huawei's), derived from the seed
+    without drawing from the generator, so everything else generated for a seed is unchanged."""
+    digest = hashlib.sha256(f"fusefs-aksk:{seed}".encode()).hexdigest()
+    return digest[:20].upper(), hashlib.sha256(digest.encode()).hexdigest()[:40]
+
+
 def _credentials(g: _Gen, project_id: str) -> Json:
+    access_key, secret_key = _access_keys(g.seed)
     return {
         "enos": {"appKey": g.uuid(), "appSecret": g.uuid()},
         "iam": {
@@ -225,6 +233,8 @@ def _credentials(g: _Gen, project_id: str) -> Json:
             "domain": "fusefs-domain",
             "project": "cn-north-4",
             "projectId": project_id,
+            "accessKey": access_key,
+            "secretKey": secret_key,
         },
         "koodrive": {
             "token": "Bearer " + g.hex(48),

@@ -32,6 +32,8 @@ KOO_TOKEN = "10f88aa00000000000000004791e9ff"
 KOO_APP_ID = "appid-123"
 KOO_APP_SECRET = "app-secret-xyz"
 KOO_USER = "1505084218764547200"
+IAM_AK = "EMUAKEXAMPLE00000001"
+IAM_SK = "emu0sk0example00000000000000000000000001"
 TEXT = b"hello world\n" * 100
 FW_BYTES = bytes(range(256)) * 7  # 1792 bytes
 
@@ -222,6 +224,8 @@ def build_world(world: Path) -> Path:
                 "domain": "fusefs-domain",
                 "project": "cn-north-4",
                 "projectId": IOT_PROJECT,
+                "accessKey": IAM_AK,
+                "secretKey": IAM_SK,
             },
             "koodrive": {
                 "token": "Bearer " + KOO_TOKEN,

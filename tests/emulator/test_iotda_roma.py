@@ -154,10 +154,10 @@ async def test_roma_job_and_one_shot(client: httpx.AsyncClient) -> None:
     r = await client.get(f"{ROMA}/jobs/ff8080814dbd65d7014dbe0d84db0013", headers=h)
     job = r.json()
     assert job["status"] == "SUCCEEDED" and job["archive_id"] == ARCHIVE
-    assert job["type"] == "exportAsset" and job["reason"] == [] and job["progress_percent"] == 1.0
+    assert job["type"] == "exportAsset" and job["reasons"] == [] and job["progress_percent"] == 1.0
     r = await client.get(f"{ROMA}/jobs/ff8080814dbd65d7014dbe0d84db0014", headers=h)
     assert r.json()["status"] == "FAILED" and "archive_id" not in r.json()
-    assert r.json()["reason"][0]["error_code"] == "ROMA.00000101"
+    assert r.json()["reasons"][0]["error_code"] == "ROMA.00000101" and "reason" not in r.json()
     r = await client.get(f"{ROMA}/archives/{ARCHIVE}", headers={**h, "Range": "bytes=0-1"})
     assert r.status_code == 200 and r.content == b"PK\x03\x04roma" * 50
     assert r.headers["content-length"] == "400" and "accept-ranges" not in r.headers
@@ -205,3 +205,31 @@ async def test_roma_one_shot_off(world_dir: Path, clock: FakeClock) -> None:
         h = await iam_headers(c)
         for _ in range(2):
             assert (await c.get(f"{ROMA}/archives/{ARCHIVE}", headers=h)).status_code == 200
+
+
+async def test_request_id_header_and_iotda_throttle(client: httpx.AsyncClient) -> None:
+    h = await iam_headers(client)
+    r = await client.get(TASKS, headers=h)
+    assert r.status_code == 200 and len(r.headers["x-request-id"]) == 32
+    r = await client.get(f"{ROMA}/jobs/nope", headers=h)
+    assert r.status_code == 404 and r.json()["request_id"] == r.headers["x-request-id"]
+    r = await client.get(f"{ROMA}/jobs/nope")  # gateway 401: same id in body and header
+    assert r.status_code == 401 and r.json()["request_id"] == r.headers["x-request-id"]
+    assert "x-request-id" not in (await client.post("/v3/auth/tokens", json={})).headers
+    rules = [
+        {"route": "iotda.list", "kind": "throttle", "retry_after": 5, "count": 1},
+        {"route": "iotda.list", "kind": "error", "status": 429, "count": 1},
+        {"route": "roma.job", "kind": "throttle", "retry_after": 5, "count": 1},
+    ]
+    assert (await client.put("/_admin/faults", json={"rules": rules})).status_code == 200
+    for _ in range(2):  # IoTDA documents throttling as 403 IOTDA.021101
+        r = await client.get(TASKS, headers=h)
+        assert r.status_code == 403 and "retry-after" not in r.headers
+        assert r.json() == {
+            "error_code": "IOTDA.021101",
+            "error_msg": "Request reached the maximum rate limit.",
+        }
+        assert len(r.headers["x-request-id"]) == 32
+    r = await client.get(f"{ROMA}/jobs/ff8080814dbd65d7014dbe0d84db0013", headers=h)
+    assert r.status_code == 429 and r.json()["error_code"] == "APIG.0308"
+    assert r.headers["retry-after"] == "5" and r.json()["request_id"] == r.headers["x-request-id"]

@@ -231,6 +231,20 @@ async def test_iotda_server_window_longer_than_ours_waits_and_retries(
     assert (await env.statuses("iotda.download")).get("403", 0) >= 1
 
 
+async def test_iotda_throttling_403_is_retried(make_env) -> None:
+    """IoTDA throttles with HTTP 403 IOTDA.021101 (not 429): listing and download retry it."""
+    env = await make_env()
+    iot = env.providers["iotda"]
+    await env.faults({"rules": [
+        {"route": "iotda.list", "kind": "throttle", "count": 1},
+        {"route": "iotda.download", "kind": "throttle", "count": 1},
+    ]})  # fmt: skip
+    files = [e for _, e in await walk(iot)]
+    assert files and await read_all(iot, files[0])
+    assert (await env.statuses("iotda.list")).get("403") == 1
+    assert (await env.statuses("iotda.download")).get("403") == 1
+
+
 async def test_iotda_rejects_ranges(make_env) -> None:
     env = await make_env()
     iot = env.providers["iotda"]
