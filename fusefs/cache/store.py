@@ -15,8 +15,11 @@ changing them between mounts only leaves the old files unused (they age out).
 
 A segment is valid only if its bit is set in the record **and** the CRC32 of its bytes in the data
 file matches; the data is written before the record, so a segment torn by a crash fails the check
-and is dropped, never served. Segments are checked once per daemon run (the first time they are
-read from disk); segments written by this run were checksummed from the bytes written.
+and is dropped, never served. Every read from the data file checks the segments it returns.
+
+Data is written with ``O_DIRECT`` where the file system allows it (docs/cache.md, "Writing"):
+the cache file does not fill the page cache a second time with bytes the kernel already holds
+in the mount's own page cache.
 
 Threads: ``write_unit``, ``read_blocking`` and ``find_corrupt`` do file IO only and are safe in
 worker threads. Everything that touches the in-memory index runs in the trio thread.
@@ -31,6 +34,7 @@ import errno
 import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import struct
@@ -49,6 +53,7 @@ LAYOUT = "v2"
 MAX_SEGMENTS = 64  # the mask is a u64
 
 BlockKey = tuple[str, int]
+DIRECT_ALIGN = 4096  # O_DIRECT: offsets, lengths and buffer addresses in multiples of this
 CORRUPT = object()  # read result: the bytes on disk failed their checksum
 
 
@@ -161,6 +166,10 @@ class BlockStore:
         self._on_disk: set[str] | None = None
         self._present: dict[str, dict[int, _Rec]] = {}
         self._fds: OrderedDict[str, int] = OrderedDict()  # read-only data fds (trio thread only)
+        # O_DIRECT for data writes until the file system refuses it (then buffered, logged once)
+        self.direct_writes = hasattr(os, "O_DIRECT")
+        self._bounce = threading.local()  # per writing thread: one aligned block-sized buffer
+        self.direct_write_bytes = 0  # bytes written with O_DIRECT (the rest went buffered)
         self.corrupt_blocks = 0
         self.disk_reads = 0  # reads done in a worker thread (page cache missed, or > 1 check)
         self.disk_read_bytes = 0  # bytes read from the data files (page cache or disk)
@@ -288,14 +297,54 @@ class BlockStore:
         view, seg = memoryview(data), self.seg
         return array("I", (zlib.crc32(view[i : i + seg]) for i in range(0, len(view), seg)))
 
-    def _open_data(self, oid: str) -> int:
+    def _open_data(self, oid: str, extra_flags: int = 0) -> int:
         # the object's directory exists but on the first write (it goes only at a scan)
         path = self.data_path(oid)
+        flags = os.O_WRONLY | os.O_CREAT | extra_flags
         try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            return os.open(path, flags, 0o600)
         except FileNotFoundError:
             os.makedirs(self._dir(oid), mode=0o700, exist_ok=True)
-            return os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            return os.open(path, flags, 0o600)
+
+    def _bounce_buffer(self) -> mmap.mmap:
+        buf: mmap.mmap | None = getattr(self._bounce, "buf", None)
+        if buf is None:
+            # anonymous mmap: page-aligned, as O_DIRECT wants; reused for every write of the
+            # thread, so its pages are faulted in once, not once per block
+            size = -(-self.block_size // DIRECT_ALIGN) * DIRECT_ALIGN
+            buf = self._bounce.buf = mmap.mmap(-1, size)
+        return buf
+
+    def _write_direct(self, oid: str, off: int, view: memoryview) -> None:
+        """``O_DIRECT`` write of ``view`` (a multiple of DIRECT_ALIGN long, at an aligned
+        ``off``) through this thread's aligned bounce buffer: one memcpy per block."""
+        fd = self._open_data(oid, os.O_DIRECT)
+        try:
+            bounce = self._bounce_buffer()
+            out = memoryview(bounce)
+            try:
+                pos = 0
+                while pos < len(view):
+                    n = min(len(out), len(view) - pos)
+                    out[:n] = view[pos : pos + n]
+                    done = 0
+                    while done < n:
+                        done += os.pwrite(fd, out[done:n], off + pos + done)
+                    pos += n
+            finally:
+                out.release()
+        finally:
+            os.close(fd)
+
+    def _write_buffered(self, oid: str, off: int, view: memoryview) -> None:
+        fd = self._open_data(oid)
+        try:
+            done = 0
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], off + done)
+        finally:
+            os.close(fd)
 
     def write_unit(
         self,
@@ -309,14 +358,27 @@ class BlockStore:
         CRCs (``crcs`` if given). The record is written later, by ``commit`` (data first,
         record second)."""
         view = memoryview(data)
-        fd = self._open_data(oid)
-        try:
-            off = index * self.block_size + seg_first * self.seg
-            done = 0
-            while done < len(view):
-                done += os.pwrite(fd, view[done:], off + done)
-        finally:
-            os.close(fd)
+        off = index * self.block_size + seg_first * self.seg
+        aligned = 0
+        if self.direct_writes and off % DIRECT_ALIGN == 0:
+            aligned = len(view) - len(view) % DIRECT_ALIGN
+        if aligned:
+            try:
+                self._write_direct(oid, off, view[:aligned])
+                self.direct_write_bytes += aligned
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                # the file system (or its configuration) has no O_DIRECT: buffered from now on
+                self.direct_writes = False
+                aligned = 0
+                log.info(
+                    "cache: %s refuses O_DIRECT writes (%s); writing through the page cache",
+                    self._root_s,
+                    os.strerror(exc.errno),
+                )
+        if aligned < len(view):  # the unaligned tail of an object, or no O_DIRECT
+            self._write_buffered(oid, off + aligned, view[aligned:])
         return crcs if crcs is not None else self.crcs(data)
 
     def preallocate(self, oid: str, start: int, end: int) -> None:
@@ -743,4 +805,5 @@ class BlockStore:
             "corrupt_blocks": self.corrupt_blocks,
             "disk_reads": self.disk_reads,
             "disk_read_bytes": self.disk_read_bytes,
+            "direct_write_bytes": self.direct_write_bytes,
         }

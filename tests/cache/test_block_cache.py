@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -256,3 +258,57 @@ async def test_failed_large_fetch_gives_back_its_reserved_space(tmp_path: Path) 
         assert allocated <= 4 * mib, allocated
         assert c.cached_bytes(obj) == 3 * mib
         nursery.cancel_scope.cancel()
+
+
+async def _cold_read_then_restart(root: Path, p: FakeProvider, name: str, size: int) -> BlockCache:
+    """Read ``name`` cold, stop the cache, then read it again from a new cache on the same dir
+    (returns the first cache, whose counters say how it wrote)."""
+    ref = p.add(name, size)
+    first = BlockCache(root, block_size=BS, max_bytes=1 << 30, min_free_ratio=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        assert await read_all(FileReader(first, first.object(p, ref)), size) == object_bytes(
+            name, size
+        )
+        nursery.cancel_scope.cancel()
+    n_requests = len(p.requests)
+    again = BlockCache(root, block_size=BS, max_bytes=1 << 30, min_free_ratio=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(again.run)
+        assert await read_all(FileReader(again, again.object(p, ref)), size) == object_bytes(
+            name, size
+        )
+        nursery.cancel_scope.cancel()
+    assert len(p.requests) == n_requests  # every byte came from the cache file
+    return first
+
+
+async def test_blocks_are_written_with_o_direct_and_the_tail_buffered(tmp_path: Path) -> None:
+    size = 20 * BS + 4096 + 17  # an aligned part and an unaligned tail in the last block
+    first = await _cold_read_then_restart(tmp_path / "c", FakeProvider(), "direct", size)
+    if not hasattr(os, "O_DIRECT"):
+        pytest.skip("no O_DIRECT on this platform")
+    assert first.store.direct_writes
+    assert first.store.stats()["direct_write_bytes"] == size - 17
+
+
+async def test_a_file_system_without_o_direct_falls_back_to_buffered_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    if not hasattr(os, "O_DIRECT"):
+        pytest.skip("no O_DIRECT on this platform")
+    real_open = os.open
+
+    def no_direct(path: str, flags: int, mode: int = 0o777, **kw: object) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), path)
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    size = 12 * BS + 100
+    with caplog.at_level(logging.INFO, logger="fusefs.cache.store"):
+        first = await _cold_read_then_restart(tmp_path / "c", FakeProvider(), "buffered", size)
+    assert not first.store.direct_writes
+    assert first.store.stats()["direct_write_bytes"] == 0
+    refusals = [r for r in caplog.records if "refuses O_DIRECT" in r.getMessage()]
+    assert len(refusals) == 1  # said once, not once per block
