@@ -5,17 +5,23 @@ This module is the command line only: parsing, messages and exit codes."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import json
 import logging
 import os
+import select
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from fusefs.control import MountInfo
 
 log = logging.getLogger("fusefs")
@@ -25,8 +31,10 @@ def _setup_logging(level: str, logfile: Path | None = None) -> None:
     handler: logging.Handler = (
         logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
     )
+    from fusefs.logs import OneLineFormatter  # one record = one line, server text escaped
+
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -40,16 +48,50 @@ def _fail(msg: str) -> int:
     return 2
 
 
+class _Status:
+    """The daemon's side of ``--status-fd``: JSON lines to the process that started it (the
+    background ``fusefs mount``, the demo): ``{"warning": ...}`` per provider that is down, then
+    ``{"mounted": MNT}`` or ``{"error": ...}``; closed after either."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._out = os.fdopen(fd, "w", encoding="utf-8") if fd is not None else None
+
+    def _send(self, **msg: str) -> None:
+        if self._out is None:
+            return
+        with contextlib.suppress(OSError):  # the starter went away: nobody to tell
+            self._out.write(json.dumps(msg) + "\n")
+            self._out.flush()
+
+    def close(self) -> None:
+        if self._out is not None:
+            with contextlib.suppress(OSError):
+                self._out.close()
+            self._out = None
+
+    def ready(self, mnt: Path, warnings: list[str]) -> None:
+        for w in warnings:
+            self._send(warning=w)
+        self._send(mounted=str(mnt))
+        self.close()
+
+    def fail(self, msg: str) -> int:
+        self._send(error=msg)
+        self.close()
+        return _fail(msg)
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     from fusefs.config import ConfigError, load_config
     from fusefs.mount import MountError, check_mountpoint
 
+    status = _Status(args.status_fd)
     mnt = Path(args.mountpoint).absolute()
     try:
         cfg = load_config(Path(args.config))
-        check_mountpoint(mnt)
+        check_mountpoint(mnt, allow_non_empty=args.allow_non_empty)
     except (ConfigError, MountError) as exc:
-        return _fail(str(exc))
+        return status.fail(str(exc))
     level = "debug" if args.debug else cfg.mount.log_level
     if not args.foreground:
         return _spawn_background(args, mnt)
@@ -59,12 +101,77 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from fusefs.mount import run_mount
 
     try:
-        trio.run(functools.partial(run_mount, cfg, mnt, offline=args.offline))
+        trio.run(
+            functools.partial(
+                run_mount,
+                cfg,
+                mnt,
+                offline=args.offline,
+                allow_non_empty=args.allow_non_empty,
+                ready=functools.partial(status.ready, mnt),
+            )
+        )
     except MountError as exc:
-        return _fail(str(exc))
+        return status.fail(str(exc))
     except RuntimeError as exc:  # pyfuse3.init failures
-        return _fail(f"mounting {mnt} failed: {exc}")
+        return status.fail(f"mounting {mnt} failed: {exc}")
+    finally:
+        status.close()
     return 0
+
+
+@dataclass
+class DaemonStart:
+    """What a daemon said on its status pipe while starting (``wait_for_daemon``)."""
+
+    mounted: bool = False
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def wait_for_daemon(proc: subprocess.Popen[bytes], status_fd: int, timeout: float) -> DaemonStart:
+    """Read the daemon's status pipe until it reports the mount up or failed, exits, or
+    ``timeout`` passes (``mounted`` and ``error`` both unset). Closes ``status_fd``."""
+    out = DaemonStart()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while not out.mounted and out.error is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select([status_fd], [], [], min(left, 0.5))
+            if not ready:
+                continue
+            chunk = os.read(status_fd, 65536)
+            if not chunk:  # the daemon closed it without a word: it is exiting
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(msg, dict):
+                    continue
+                if "warning" in msg:
+                    out.warnings.append(str(msg["warning"]))
+                elif "error" in msg:
+                    out.error = str(msg["error"])
+                elif "mounted" in msg:
+                    out.mounted = True
+        if out.error is not None:  # it is on its way out: let it go before we report
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+    finally:
+        os.close(status_fd)
+    return out
+
+
+START_TIMEOUT = 60.0  # the start checks take up to 20 s when a service does not answer
 
 
 def _spawn_background(args: argparse.Namespace, mnt: Path) -> int:
@@ -77,30 +184,68 @@ def _spawn_background(args: argparse.Namespace, mnt: Path) -> int:
         argv.append("--debug")
     if args.offline:
         argv.append("--offline")
-    argv.append(str(mnt))
-    with open(logfile, "ab") as out:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if os.path.ismount(mnt):
-            print(f"fusefs: mounted {mnt} (pid {proc.pid}, log {logfile})")
-            return 0
+    if args.allow_non_empty:
+        argv.append("--allow-non-empty")
+    rfd, wfd = os.pipe()
+    argv += ["--status-fd", str(wfd), str(mnt)]
+    try:
+        with open(logfile, "ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                pass_fds=(wfd,),
+            )
+    finally:
+        os.close(wfd)
+    started = wait_for_daemon(proc, rfd, START_TIMEOUT)
+    if started.error:
+        return _fail(started.error)
+    if not started.mounted:
         if proc.poll() is not None:
             return _fail(f"the daemon exited with {proc.returncode}; see {logfile}")
-        time.sleep(0.05)
-    proc.terminate()
-    return _fail(f"{mnt} did not become a mount within 30 s; see {logfile}")
+        proc.terminate()
+        return _fail(f"{mnt} did not become a mount within {START_TIMEOUT:.0f} s; see {logfile}")
+    for w in started.warnings:
+        print(f"fusefs: warning: {w}", file=sys.stderr)
+    print(f"fusefs: mounted {mnt} (pid {proc.pid}, log {logfile})")
+    return 0
+
+
+def _mount_path(path: Path) -> Path:
+    """``path`` as /proc/self/mountinfo names it, without asking a (maybe dead) mount."""
+    path = path.absolute()
+    return Path(os.path.realpath(path.parent)) / path.name if path.name else path
 
 
 def unmount(mnt: Path) -> int:
+    """Unmount a fusefs mount, a dead one (its daemon killed) included."""
+    from fusefs.mount import mount_state
+
     fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
     if fusermount is None:
         return _fail("fusermount3 not found: install fuse3")
+    mnt = _mount_path(mnt)
+    state = mount_state(mnt)
+    if state is None:
+        return _fail(f"{mnt} is not mounted")
+    _, dead = state
     r = subprocess.run([fusermount, "-u", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0 and dead:
+        # nothing can be served from a dead mount: detach it even while programs use it
+        r = subprocess.run([fusermount, "-u", "-z", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
-        return _fail(r.stderr.strip() or f"could not unmount {mnt}")
+        msg = r.stderr.strip().replace("\n", "; ") or f"could not unmount {mnt}"
+        if "busy" in msg.lower():
+            msg += (
+                f": programs still use it (`fuser -vm {mnt}` names them); close them, or "
+                f"`fusermount3 -u -z {mnt}` to detach it now"
+            )
+        return _fail(msg)
+    if dead:
+        print(f"fusefs: cleaned up the dead mount at {mnt}", file=sys.stderr)
     return 0
 
 
@@ -169,6 +314,9 @@ def cmd_warm(args: argparse.Namespace) -> int:
         head = next(replies)
         total = int(head["total"])
         t0 = time.monotonic()
+        if head.get("queue"):  # sizes unknown, one download per window (IoTDA)
+            _print_queue(head["queue"])
+            return _warm_by_files(args.op, head, replies, t0)
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
@@ -185,6 +333,51 @@ def cmd_warm(args: argparse.Namespace) -> int:
         print(f"{verb} {head['files']} files, {total} bytes in {took:.1f} s")
     except (ValueError, OSError, StopIteration) as exc:
         return _fail(str(exc) or "the daemon ended the request")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def _print_queue(queue: list[dict[str, Any]]) -> None:
+    """The files waiting for a download turn, with when each turn should come."""
+    etas = [float(q["eta"]) for q in queue if q.get("eta") is not None]
+    interval = next((q["interval"] for q in queue if q.get("interval")), None)
+    rule = f", one download per {interval:g} s" if interval is not None else ""
+    last = f"; the last in about {_duration(max(etas))}" if etas else ""
+    print(f"{len(queue)} files of unknown size wait for their download turn{rule}{last}:")
+    for i, q in enumerate(queue, 1):
+        eta = q.get("eta")
+        when = "-" if eta is None else ("next" if eta < 0.5 else f"in {_duration(eta)}")
+        print(f"  {i:>3}  {when:>16}  {q['file']}")
+
+
+def _warm_by_files(
+    op: str, head: dict[str, Any], replies: Iterator[dict[str, Any]], t0: float
+) -> int:
+    """Progress in files (their sizes come with their downloads), with the daemon's ETA."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    nfiles = int(head["files"])
+    done = 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task(f"{op} {nfiles} files", total=nfiles)
+        for reply in replies:
+            done = int(reply["done"])
+            eta = reply.get("eta")
+            text = f"{op} {nfiles} files"
+            if eta:
+                text += f", about {_duration(float(eta))} left"
+            progress.update(task, completed=int(reply["files_done"]), description=text)
+    verb = "pinned" if op == "pin" else "cached"
+    print(f"{verb} {nfiles} files, {done} bytes in {time.monotonic() - t0:.1f} s")
     return 0
 
 
@@ -298,6 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="never contact the clouds: saved listings and cached bytes only",
     )
+    m.add_argument(
+        "--allow-non-empty",
+        action="store_true",
+        help="mount over a directory that holds files (hidden while mounted)",
+    )
+    m.add_argument("--status-fd", type=int, default=None, help=argparse.SUPPRESS)
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", help="unmount MOUNTPOINT")

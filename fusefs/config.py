@@ -115,6 +115,7 @@ class IotdaConfig:
     instance_id: str | None = None
     resource_type: str = "BatchTask"
     download_interval: float = 30.0
+    background_fetch: bool = True  # fetch every listed export, one per download_interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,13 +492,24 @@ def _iam(s: _Section) -> IamConfig:
 
 
 def _iotda(s: _Section) -> IotdaConfig:
-    _known(s, {"url", "project_id", "instance_id", "resource_type", "download_interval"})
+    _known(
+        s,
+        {
+            "url",
+            "project_id",
+            "instance_id",
+            "resource_type",
+            "download_interval",
+            "background_fetch",
+        },
+    )
     return IotdaConfig(
         url=s.url("url"),
         project_id=s.str_("project_id"),
         instance_id=s.str_("instance_id"),
         resource_type=s.str_("resource_type", "BatchTask") or "BatchTask",
         download_interval=s.float_("download_interval", 30.0, positive=False),
+        background_fetch=s.bool_("background_fetch", True),
     )
 
 

@@ -29,6 +29,7 @@ from fusefs.vfs.tree import ROOT_INO, to_fs_error
 
 if TYPE_CHECKING:
     from fusefs.cache.block_cache import BlockCache, CachedObject
+    from fusefs.vfs.background import BackgroundFetcher
     from fusefs.vfs.tree import Node, VirtualTree
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,17 @@ def control_path(mountpoint: Path, uid: int | None = None) -> Path | None:
 
 
 class ControlServer:
-    def __init__(self, tree: VirtualTree, cache: BlockCache, path: Path | None) -> None:
+    def __init__(
+        self,
+        tree: VirtualTree,
+        cache: BlockCache,
+        path: Path | None,
+        background: BackgroundFetcher | None = None,
+    ) -> None:
         self.tree = tree
         self.cache = cache
         self.path = path
+        self.background = background
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.path is None:
@@ -218,6 +226,8 @@ class ControlServer:
             root = await self._resolve(rel)
             async for item in self._files(root, rel.rstrip("/")):
                 files.append(item)
+        for n, _ in files:
+            self.tree.refresh_size(n)
         total = sum(n.size or 0 for n, _ in files)
         if pin:
             store = self.cache.store
@@ -226,9 +236,42 @@ class ControlServer:
                     f"pinning {total} bytes would exceed the cache cap "
                     f"({store.pinned_bytes} of {store.max_bytes} bytes already pinned)"
                 )
-        yield {"files": len(files), "total": total}
+        # sizes unknown and one download per window (IoTDA): these wait in the provider's
+        # queue, one per window; shown first with when each turn should come
+        queued = [(n, p) for n, p in files if n.size is None and self.tree.lazy_size(n)]
+        head: dict[str, Any] = {"files": len(files), "total": total}
+        if queued:
+            head["queue"] = self._queue(queued)
+        yield head
+        rest = [(n, p) for n, p in files if not (n.size is None and self.tree.lazy_size(n))]
+        files_done = 0
         done = 0
-        for node, path in files:
+        if queued and self.background is not None:
+            self.background.request([n for n, _ in queued])  # the background takes them first
+        for i, (node, path) in enumerate(queued):
+            assert node.provider is not None
+            ref = self.tree.ref(node)
+            obj = self.cache.object(node.provider, ref)
+            try:
+                if pin:
+                    self.cache.set_pinned(obj, True)
+                size = await self.cache.wait_whole(obj)  # after readers, as the background
+            except ProviderError as exc:
+                raise to_fs_error(exc, f"fetching {path}") from exc
+            self.tree.learn_size(node, ref, size)
+            files_done += 1
+            done += size
+            turns = self.tree.turns(node)
+            left = len(queued) - i - 1
+            yield {
+                "file": path,
+                "files_done": files_done,
+                "done": done,
+                "total": total + done,
+                "eta": round(turns.eta(left - 1), 1) if turns is not None and left else 0.0,
+            }
+        total += done
+        for node, path in rest:
             assert node.provider is not None
             try:
                 await self.tree.resolve_size(node)
@@ -238,8 +281,28 @@ class ControlServer:
                 await self.cache.fetch_all(obj)
             except ProviderError as exc:
                 raise to_fs_error(exc, f"fetching {path}") from exc
+            files_done += 1
             done += node.size or 0
-            yield {"file": path, "done": done, "total": total}
+            yield {"file": path, "files_done": files_done, "done": done, "total": total}
+
+    def _queue(self, queued: list[tuple[Node, str]]) -> list[dict[str, Any]]:
+        """Each file's expected turn in its provider's download queue, in seconds from now:
+        after the downloads readers and others wait for, one window each (an estimate: a
+        reader that comes later goes first)."""
+        out: list[dict[str, Any]] = []
+        position: dict[int, int] = {}  # per queue: turns before the next of ours
+        for node, path in queued:
+            turns = self.tree.turns(node)
+            if turns is None:  # offline: there is no queue, the download fails at once
+                out.append({"file": path, "eta": None})
+                continue
+            if id(turns) not in position:
+                ours = {n.key for n, _ in queued if n.provider is node.provider}
+                position[id(turns)] = sum(1 for k in turns.queue() if k not in ours)
+            eta = turns.eta(position[id(turns)])
+            position[id(turns)] += 1
+            out.append({"file": path, "eta": round(eta, 1), "interval": turns.interval})
+        return out
 
 
 async def _read_line(stream: trio.SocketStream) -> dict[str, Any]:

@@ -141,10 +141,17 @@ def running_emulator(
     if faults is not None:
         argv += ["--faults", str(faults)]
     out = open(log or workdir / "emulator.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
-    )
+    held = _STOPPER.hold()
     try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+        )
+    except BaseException:
+        _STOPPER.release(held, raise_pending=False)
+        out.close()
+        raise
+    try:
+        _STOPPER.release(held)
         deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text().strip()):
             if proc.poll() is not None:
@@ -163,24 +170,91 @@ def running_emulator(
         out.close()
 
 
+def _say(text: str, *, err: bool = False) -> None:
+    """Print, but never fail: after SIGHUP (the terminal closed) writes to it fail with EIO,
+    and the cleanup that follows must still run."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
 def ensure_world(world_dir: Path, scale: str, seed: int = 1) -> None:
     if (world_dir / "world.json").exists():
         return
     from fusefs.emulator.world import generate
 
-    print(f"fusefs demo: generating the {scale} world in {world_dir} ...", flush=True)
+    _say(f"fusefs demo: generating the {scale} world in {world_dir} ...")
     generate(world_dir, seed, scale)
 
 
-def run_demo(mountpoint: Path, workdir: Path, *, scale: str = "demo") -> int:
-    from fusefs.cli import unmount
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    workdir = workdir.absolute()
-    mountpoint = mountpoint.absolute()
+
+class _Stopper:
+    """The demo's handler of Ctrl-C, SIGTERM and SIGHUP (the terminal closed): all stop it as
+    Ctrl-C does (KeyboardInterrupt). While a child is being started (``deferred``) a signal is
+    held, and raised by ``check`` once the child's cleanup is in place: a signal in between
+    would leave the child running."""
+
+    def __init__(self) -> None:
+        self.armed = True
+        self.pending = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.armed:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    def hold(self) -> bool:
+        """Hold signals from now on; returns what ``release`` needs."""
+        armed, self.armed = self.armed, False
+        return armed
+
+    def release(self, armed: bool, *, raise_pending: bool = True) -> None:
+        """Call first thing inside the ``try`` whose ``finally`` cleans up the child."""
+        self.armed = armed
+        if raise_pending and self.pending and armed:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+_STOPPER = _Stopper()
+
+
+def run_demo(mountpoint: Path, workdir: Path, *, scale: str = "demo") -> int:
+    """Ctrl-C, SIGTERM and SIGHUP all stop the demo the same way: daemon (which unmounts),
+    then the emulator; nothing is left running or mounted."""
+    previous = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+    _STOPPER.armed, _STOPPER.pending = True, False
+    for s in _STOP_SIGNALS:
+        signal.signal(s, _STOPPER)
+    try:
+        return _run_demo(mountpoint.absolute(), workdir.absolute(), scale)
+    except KeyboardInterrupt:  # before anything was started
+        _say("\nfusefs demo: stopped")
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _ignore_stop_signals() -> None:
+    """From here the cleanup runs to its end: a second Ctrl-C (or the SIGHUP that follows a
+    SIGTERM) would abort it half-way."""
+    for s in _STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+def _run_demo(mountpoint: Path, workdir: Path, scale: str) -> int:
+    from fusefs.cli import wait_for_daemon
+    from fusefs.mount import MountError, check_mountpoint, mount_state
+
     workdir.mkdir(parents=True, exist_ok=True)
     mountpoint.mkdir(parents=True, exist_ok=True)
-    if os.path.ismount(mountpoint):
-        print(f"fusefs: error: {mountpoint} is already mounted", file=sys.stderr)
+    try:
+        check_mountpoint(mountpoint)
+    except MountError as exc:
+        _say(f"fusefs: error: {exc}", err=True)
         return 2
     world_dir = workdir / f"world-{scale}"
     ensure_world(world_dir, scale)
@@ -188,6 +262,7 @@ def run_demo(mountpoint: Path, workdir: Path, *, scale: str = "demo") -> int:
     # alike) so that `ls -l` of 20 exports does not take ten minutes.
     faults = workdir / "demo-faults.json"
     faults.write_text(json.dumps({"iotda_download_window": DEMO_IOTDA_WINDOW}))
+    status = 0
     with running_emulator(world_dir, workdir, faults=faults) as base_url:
         config = workdir / "config.toml"
         secrets = demo_config(
@@ -199,35 +274,40 @@ def run_demo(mountpoint: Path, workdir: Path, *, scale: str = "demo") -> int:
         )
         env = {**os.environ, **secrets}
         log_path = workdir / "daemon.log"
-        with open(log_path, "ab") as out:
-            daemon = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fusefs",
-                    "mount",
-                    "--foreground",
-                    "--config",
-                    str(config),
-                    str(mountpoint),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=env,
-                start_new_session=True,
-            )
+        rfd, wfd = os.pipe()
+        argv = [sys.executable, "-m", "fusefs", "mount", "--foreground", "--config", str(config)]
+        argv += ["--status-fd", str(wfd), str(mountpoint)]
+        held = _STOPPER.hold()
         try:
-            deadline = time.monotonic() + 30
-            while not os.path.ismount(mountpoint):
-                if daemon.poll() is not None or time.monotonic() > deadline:
-                    print(f"fusefs: error: mount failed; see {log_path}", file=sys.stderr)
-                    return 1
-                time.sleep(0.05)
+            with open(log_path, "ab") as out:
+                daemon = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    env=env,
+                    start_new_session=True,  # the terminal's signals reach the demo alone
+                    pass_fds=(wfd,),
+                )
+        except BaseException:
+            _STOPPER.release(held, raise_pending=False)
+            os.close(rfd)
+            raise
+        finally:
+            os.close(wfd)
+        try:
+            _STOPPER.release(held)
+            started = wait_for_daemon(daemon, rfd, 60)
+            if not started.mounted:
+                why = started.error or f"see {log_path}"
+                _say(f"fusefs: error: the mount failed: {why}", err=True)
+                return 1
+            for w in started.warnings:
+                _say(f"fusefs demo: warning: {w}", err=True)
             rel = os.path.relpath(mountpoint)
             cli = Path(sys.executable).with_name("fusefs")
             fusefs = os.path.relpath(cli) if cli.exists() else f"{sys.executable} -m fusefs"
-            print(
+            _say(
                 f"""
 fusefs demo: the emulator listens on {base_url}; its clouds are mounted at {mountpoint}
   world:   {world_dir}   (expected view: {world_dir / "expected"})
@@ -241,27 +321,31 @@ Try, in another terminal:
   find {rel} -type f | head
   diff -r {world_dir / "expected"} {rel} && echo identical
   {fusefs} info {rel}/iotda/exports/*.zip | head -20
+  {fusefs} prefetch {rel}/iotda/exports   # sizes show 0 until each export is fetched
   unzip -l "$(ls {rel}/iotda/exports/*.zip | head -1)"
 
-Press Ctrl-C to unmount and stop.""",
-                flush=True,
+Press Ctrl-C (or close this terminal) to unmount and stop."""
             )
-            if daemon.poll() is None:
-                signal.pause()
             while daemon.poll() is None:
                 time.sleep(0.5)
+            _say(f"fusefs demo: the daemon exited with {daemon.returncode}; see {log_path}")
+            status = 1
         except KeyboardInterrupt:
-            pass  # Ctrl-C, whenever it comes (also during start-up): stop cleanly below
+            pass  # Ctrl-C, SIGTERM, SIGHUP, whenever they come (also during start-up)
         finally:
-            print("\nfusefs demo: unmounting ...", flush=True)
-            if os.path.ismount(mountpoint):
-                unmount(mountpoint)
+            _ignore_stop_signals()
+            _say("\nfusefs demo: unmounting ...")
+            if daemon.poll() is None:
+                daemon.send_signal(signal.SIGTERM)  # the daemon unmounts, then exits
             try:
                 daemon.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 daemon.kill()
                 daemon.wait()
-            if os.path.ismount(mountpoint) and shutil.which("fusermount3"):
+            if mount_state(mountpoint) is not None and shutil.which("fusermount3"):
                 subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
-    print("fusefs demo: stopped; nothing left mounted", flush=True)
-    return 0
+    if mount_state(mountpoint) is not None:
+        _say(f"fusefs: error: {mountpoint} is still mounted: run fusefs unmount", err=True)
+        return 1
+    _say("fusefs demo: stopped; nothing left mounted")
+    return status

@@ -7,6 +7,7 @@ line. Nothing here may let an exception escape to pyfuse3, which would end the m
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import functools
 import logging
@@ -20,7 +21,7 @@ import trio
 
 from fusefs import errors
 from fusefs.cache.reader import FileReader
-from fusefs.providers.base import EntryKind, ObjectNotFound, ProviderError
+from fusefs.providers.base import EntryKind, ObjectNotFound, ProviderError, VersionMismatch
 from fusefs.vfs.sequence import FolderReadAhead
 from fusefs.vfs.tree import ROOT_INO, Node, StateValue, VirtualTree, to_fs_error
 
@@ -43,6 +44,13 @@ def _xattr_text(value: StateValue) -> str:
     return str(value)
 
 
+# the time limit of the FUSE request being handled: a request waiting in line for a download
+# turn moves it on (FuseOperations._keep_alive)
+_REQUEST_SCOPE: contextvars.ContextVar[trio.CancelScope | None] = contextvars.ContextVar(
+    "fusefs_request_scope", default=None
+)
+
+
 def errno_boundary(
     fn: Callable[P, Coroutine[Any, Any, T]],
 ) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -51,8 +59,12 @@ def errno_boundary(
         self = args[0]
         assert isinstance(self, FuseOperations)
         try:
-            with trio.fail_after(self.request_timeout):
-                return await fn(*args, **kwargs)
+            with trio.fail_after(self.request_timeout) as scope:
+                token = _REQUEST_SCOPE.set(scope)
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    _REQUEST_SCOPE.reset(token)
         except pyfuse3.FUSEError:
             raise
         except errors.FsError as exc:
@@ -226,6 +238,8 @@ class FuseOperations(pyfuse3.Operations):
         if node.is_dir:
             raise errors.IsADirectory(self.tree.describe(node))
         await self.tree.resolve_size(node)
+        if node.size is None:  # one download per window (IoTDA): wait for it, in line
+            await self.tree.download_for_reader(node, self._keep_alive)
         assert node.provider is not None
         ref = self.tree.ref(node)
         obj = self.cache.object(node.provider, ref)
@@ -239,6 +253,13 @@ class FuseOperations(pyfuse3.Operations):
         self.read_ahead.opened(node)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
 
+    def _keep_alive(self, extra: float) -> None:
+        """The request is waiting in line and the line moved: request_timeout (+ ``extra``)
+        from now, never less than it had."""
+        scope = _REQUEST_SCOPE.get()
+        if scope is not None:
+            scope.deadline = max(scope.deadline, trio.current_time() + self.request_timeout + extra)
+
     @errno_boundary
     async def read(  # type: ignore[override]  # pyfuse3 takes any buffer: no copy
         self, fh: int, off: int, size: int
@@ -249,8 +270,17 @@ class FuseOperations(pyfuse3.Operations):
             raise errors.NotFound(f"file handle {fh}") from None
         try:
             return await reader.read(off, size)
-        except ObjectNotFound as exc:  # gone while open: this handle's version is no more
-            raise errors.Stale(f"reading {self.tree.describe(node)} at {off}: {exc}") from exc
+        except (ObjectNotFound, VersionMismatch) as exc:
+            what = f"reading {self.tree.describe(node)} at {off}"
+            if self.cache.had_bytes(reader.obj):  # served as listed before: it changed since
+                raise errors.Stale(f"{what}: {exc} (changed while open)") from exc
+            if isinstance(exc, ObjectNotFound):  # gone before a byte of it was read: ENOENT
+                raise to_fs_error(exc, what) from exc
+            # the first answer already disagrees with the listing: nothing changed while open
+            raise errors.RemoteError(
+                f"{what}: {exc} (before any byte of it was read: the listing is out of date or "
+                "the service is inconsistent)"
+            ) from exc
         except ProviderError as exc:
             raise to_fs_error(exc, f"reading {self.tree.describe(node)} at {off}") from exc
 

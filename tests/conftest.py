@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mounting import FAST_IOTDA_WINDOW, SPAWNED_MOUNTS, Emulator, fuse_available
+from tests.helpers.mounting import (
+    FAST_IOTDA_WINDOW,
+    SPAWNED_MOUNTS,
+    Emulator,
+    fuse_available,
+    is_mounted,
+)
 
 faulthandler.enable()
 
@@ -28,7 +34,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Backstop: lazily unmount what a failed test of this run left mounted (only this run's)."""
     for mnt in SPAWNED_MOUNTS:
-        if os.path.ismount(mnt):
+        if is_mounted(mnt):  # dead mounts too
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
 
 

@@ -86,6 +86,7 @@ class CachedObject:
     size: int | None
     pinned: bool
     meta_saved: bool = False
+    fetched: bool = False  # bytes of this version came from the provider in this run
 
     @property
     def whole_only(self) -> bool:
@@ -183,6 +184,7 @@ class _Sink:
     def received(self, pos: int, n: int) -> None:
         self.filled += n
         self.received_bytes += n
+        self.obj.fetched = True
         if self.filled < len(self.buf):
             return
         unit = (self.unit_start, self.buf)
@@ -450,6 +452,12 @@ class BlockCache:
         if obj.size is None:
             return 0
         return min(obj.size, self.store.object_bytes(obj.oid))
+
+    def had_bytes(self, obj: CachedObject) -> bool:
+        """Bytes of this version were received before (in this run, or are on disk from an
+        earlier one): the service did serve it as listed, so a later answer with another size,
+        or none, means it changed (ESTALE for the handles that have it open)."""
+        return obj.fetched or self.cached_bytes(obj) > 0
 
     def nblocks(self, obj: CachedObject) -> int:
         assert obj.size is not None

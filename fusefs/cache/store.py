@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -119,6 +120,42 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+
+
+LOCK_NAME = "lock"
+
+
+class CacheDirBusy(Exception):
+    """Another daemon holds the cache dir's lock; the message names it."""
+
+
+def lock_cache_dir(root: Path, mountpoint: Path) -> int:
+    """Take the cache dir's exclusive lock (``<root>/lock``, flock) for the daemon's life.
+
+    Two daemons on one cache dir would evict, index and rewrite each other's blocks. The lock
+    file holds the holder's pid and mountpoint for the message; the kernel drops the lock when
+    the holder exits, even by ``kill -9``. Returns the fd (close it to release the lock)."""
+    path = root / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace")
+        os.close(fd)
+        try:
+            who = json.loads(holder)
+            other = f"the mount at {who['mountpoint']} (pid {who['pid']})"
+        except (ValueError, KeyError, TypeError):
+            other = "another fusefs daemon"
+        raise CacheDirBusy(
+            f"cache dir {root} is in use by {other}: give each mount its own [cache] dir"
+        ) from None
+    except OSError as exc:  # a file system without locks: warn, do not refuse
+        log.warning("cannot lock %s (%s): a second mount here is not refused", path, exc)
+        return fd
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "mountpoint": str(mountpoint)}).encode(), 0)
+    return fd
 
 
 def _open_for_reads(path: str) -> int:

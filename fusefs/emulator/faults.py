@@ -11,6 +11,12 @@ probability ``rate`` (seeded RNG) at most ``count`` times (``None`` = unlimited)
               the code and status IoTDA documents for throttling, without ``Retry-After``)
 ``reset``     send ``after_bytes`` bytes of the body, then abort the connection
 ``truncate``  declare the full Content-Length, send only ``after_bytes`` bytes, then close
+``patch``     a hostile JSON answer: in the route's JSON answer, every object that holds all of
+              ``match`` (key: value; the top-level object when ``match`` is empty) gets the
+              fields of ``set`` and loses the keys of ``unset``. The string ``"$seq"`` as a value
+              of ``set`` becomes ``"seq-<n>"``, a new one each time (a cursor that never ends)
+``body``      answer HTTP ``status`` with ``text`` as the body (``content_type``): HTML where
+              JSON was due, error bodies with newlines, ...
 
 The plan is a plain dataclass, loadable from JSON or TOML and changeable at run time through the
 admin routes (see docs/emulator.md).
@@ -23,11 +29,12 @@ import fnmatch
 import json
 import random
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RULE_KINDS = ("latency", "error", "throttle", "reset", "truncate")
+RULE_KINDS = ("latency", "error", "throttle", "reset", "truncate", "patch", "body")
 
 
 class FaultPlanError(ValueError):
@@ -44,6 +51,11 @@ class Rule:
     status: int = 503
     retry_after: int = 1
     after_bytes: int = 0
+    match: dict[str, Any] | None = None  # patch: the objects to change
+    set: dict[str, Any] | None = None  # patch: fields to set
+    unset: list[str] | None = None  # patch: keys to remove
+    text: str = ""  # body: the body to answer
+    content_type: str = "text/plain; charset=utf-8"  # body
 
     def matches(self, route: str) -> bool:
         return self.route == route or fnmatch.fnmatchcase(route, self.route)
@@ -128,6 +140,41 @@ class Decision:
     retry_after: int | None = None
     reset_after: int | None = None
     truncate_after: int | None = None
+    patches: tuple[Rule, ...] = ()  # kind patch: applied to the JSON answer, in order
+    body: Rule | None = None  # kind body: answered instead of the handler
+
+
+def _matches(obj: dict[str, Any], match: dict[str, Any]) -> bool:
+    return all(k in obj and obj[k] == v for k, v in match.items())
+
+
+def patch_json(value: Any, rule: Rule, seq: Callable[[], str]) -> int:
+    """Apply one ``patch`` rule to a decoded JSON answer in place; returns the objects changed."""
+    changed = 0
+
+    def apply(obj: dict[str, Any]) -> None:
+        nonlocal changed
+        changed += 1
+        for k, v in (rule.set or {}).items():
+            obj[k] = seq() if v == "$seq" else v
+        for k in rule.unset or ():
+            obj.pop(k, None)
+
+    if not rule.match:
+        if isinstance(value, dict):
+            apply(value)
+        return changed
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            hit = _matches(v, rule.match)
+            stack.extend(v.values())
+            if hit:
+                apply(v)
+        elif isinstance(v, list):
+            stack.extend(v)
+    return changed
 
 
 class FaultEngine:
@@ -136,6 +183,11 @@ class FaultEngine:
     def __init__(self, plan: FaultPlan | None = None) -> None:
         self.plan = plan if plan is not None else FaultPlan()
         self.rng = random.Random(self.plan.seed)
+        self._seq = 0
+
+    def next_seq(self) -> str:
+        self._seq += 1
+        return f"seq-{self._seq}"
 
     def replace(self, plan: FaultPlan) -> None:
         self.plan = plan
@@ -156,12 +208,21 @@ class FaultEngine:
         retry_after: int | None = None
         reset_after: int | None = None
         truncate_after: int | None = None
+        patches: list[Rule] = []
+        body: Rule | None = None
         for rule in self.plan.rules:
             if not rule.matches(route):
                 continue
             if rule.kind == "latency":
                 if self._fires(rule):
                     latency += rule.seconds
+            elif rule.kind == "patch":
+                if self._fires(rule):
+                    patches.append(rule)
+            elif body is not None:
+                continue
+            elif rule.kind == "body" and status is None and self._fires(rule):
+                body = rule
             elif status is not None:
                 continue  # an error already chosen: later error-ish rules do not fire
             elif rule.kind == "error" and self._fires(rule):
@@ -172,4 +233,6 @@ class FaultEngine:
                 reset_after = rule.after_bytes
             elif rule.kind == "truncate" and truncate_after is None and self._fires(rule):
                 truncate_after = rule.after_bytes
-        return Decision(latency, status, retry_after, reset_after, truncate_after)
+        return Decision(
+            latency, status, retry_after, reset_after, truncate_after, tuple(patches), body
+        )

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
+from .faults import Rule, patch_json
 from .state import RouteStats, World
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,19 @@ class Instrumented(Response):
             stats.leave()
 
 
+def _patched(resp: JSONResponse, rules: tuple[Rule, ...], seq: Callable[[], str]) -> Response:
+    """The JSON answer with the ``patch`` rules applied (fault kind ``patch``)."""
+    content = json.loads(bytes(resp.body))
+    for rule in rules:
+        n = patch_json(content, rule, seq)
+        log.info("fault: patched %d object(s) of the answer", n)
+    out = json_response(content, resp.status_code)
+    for k, v in resp.headers.items():
+        if k.lower() not in ("content-length", "content-type"):
+            out.headers[k] = v
+    return out
+
+
 def endpoint(world: World, name: str | Callable[[Request], str], handler: Handler) -> Handler:
     """Wrap a handler with stats and the fault plan, under a stable route name."""
 
@@ -294,10 +308,15 @@ def endpoint(world: World, name: str | Callable[[Request], str], handler: Handle
             decision = world.faults.decide(route)
             if decision.latency > 0:
                 await anyio.sleep(decision.latency)
-            if decision.status is not None:
+            if decision.body is not None:
+                rule = decision.body
+                resp = Response(rule.text, status_code=rule.status, media_type=rule.content_type)
+            elif decision.status is not None:
                 resp = fault_response(route, decision.status, decision.retry_after)
             else:
                 resp = await handler(request)
+                if decision.patches and isinstance(resp, JSONResponse):
+                    resp = _patched(resp, decision.patches, world.faults.next_seq)
         except BaseException:
             stats.leave()
             raise

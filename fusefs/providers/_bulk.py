@@ -156,13 +156,16 @@ class BulkClient:
         sink: RangeSink,
         attempt: Attempt,
         sniff_json: bool = False,
+        expected_total: int | None = None,
     ) -> Answer:
         """GET ``url`` with ``Range: bytes=pos-(end-1)`` and receive the body into ``sink``.
 
         A 206 whose Content-Range starts at ``pos`` and a 200 (skipped forward to ``pos``) are
         received; anything else, and a JSON answer if ``sniff_json``, comes back with its body
-        for the caller to classify. Transport errors raise ``OSError`` or
-        ``http.client.HTTPException``.
+        for the caller to classify. With ``expected_total`` (the listed size), an answer that
+        reports another total size (Content-Range, or a 200's Content-Length) comes back before
+        a byte of it is received: bytes of another version never reach the sink. Transport
+        errors raise ``OSError`` or ``http.client.HTTPException``.
         """
         u = urlsplit(url)
         scheme = u.scheme.lower()
@@ -207,11 +210,18 @@ class BulkClient:
                 answer.body = resp.read(MAX_JSON_BODY)
                 reusable = resp.isclosed()
                 return answer
+            total: int | None = None
             if resp.status == 206:
                 cr = content_range(answer.headers.get("content-range"))
                 if cr is None or cr[0] != pos:
                     answer.bad_range = True
                     return answer
+                total = cr[2]
+            else:
+                cl = answer.headers.get("content-length", "")
+                total = int(cl) if cl.isascii() and cl.isdigit() else None
+            if expected_total is not None and total is not None and total != expected_total:
+                return answer  # another size: the caller raises VersionMismatch
             if resp.status == 200 and pos:
                 self._skip(resp, pos, attempt)
             answer.received, answer.complete = self._receive(resp, pos, end, sink, attempt)

@@ -33,6 +33,7 @@ from typing import TypeVar
 import httpx
 import trio
 
+from fusefs.logs import excerpt
 from fusefs.providers._bulk import MAX_JSON_BODY, Attempt, BulkClient, content_range
 from fusefs.providers.base import (
     AuthError,
@@ -124,9 +125,9 @@ def error_for_status(
 
 
 def short_body(content: bytes, limit: int = 300) -> str:
-    """A loggable excerpt of an error body (never a request: bodies we send may hold secrets)."""
-    text = content[:limit].decode("utf-8", "replace")
-    return text + ("…" if len(content) > limit else "")
+    """A loggable excerpt of an error body (never a request: bodies we send may hold secrets):
+    one line, control characters escaped, at most ``limit`` characters (fusefs.logs)."""
+    return excerpt(content, limit)
 
 
 def is_json(response: httpx.Response) -> bool:
@@ -267,7 +268,7 @@ async def stream_range(
                         skip = 0
                     elif resp.status_code == 200:
                         cl = resp.headers.get("content-length")
-                        total = int(cl) if cl and cl.isdigit() else None
+                        total = int(cl) if cl and cl.isascii() and cl.isdigit() else None
                         skip = pos
                         if pos:
                             log.debug("%s: server ignored Range; skipping %d bytes", call, pos)
@@ -379,6 +380,7 @@ async def download_range(
                     sink,
                     attempt,
                     json_error is not None,
+                    expected_size,
                     abandon_on_cancel=True,
                 )
             except BaseException:
@@ -402,7 +404,7 @@ async def download_range(
                     total = cr[2] if cr is not None else None
                 else:
                     cl = answer.headers.get("content-length", "")
-                    total = int(cl) if cl.isdigit() else None
+                    total = int(cl) if cl.isascii() and cl.isdigit() else None
                 if expected_size is not None and total is not None and total != expected_size:
                     raise VersionMismatch(
                         f"object is now {total} bytes, was listed with {expected_size}",

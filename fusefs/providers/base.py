@@ -16,9 +16,17 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from fusefs.logs import excerpt
+
+if TYPE_CHECKING:
+    import trio
+
+#: The longest message a ProviderError keeps (server excerpts inside are capped shorter).
+MAX_MESSAGE = 2000
 
 
 class EntryKind(enum.Enum):
@@ -58,6 +66,9 @@ class Capabilities:
     size_known: bool = True  # False: size learnt from the first whole fetch
     one_shot: bool = False  # True: can be downloaded once only -> pin, never evict
     max_concurrency: int = 4  # concurrent downloads this provider tolerates
+    # > 0: at most one whole download per this many seconds (IoTDA): an unknown size is shown
+    # as 0 (user.fusefs.size_known=0) instead of being waited for; see providers/window.py
+    download_interval: float = 0.0
 
 
 class RangeSink(Protocol):
@@ -72,6 +83,32 @@ class RangeSink(Protocol):
     def buffer(self, pos: int) -> memoryview: ...
 
     def received(self, pos: int, n: int) -> None: ...
+
+
+class DownloadQueue(Protocol):
+    """The turns a provider's downloads wait in (``Provider.turns``; providers/window.py)."""
+
+    interval: float  # seconds between two download starts
+    holder: str | None  # the key whose download holds the turn now
+
+    @property
+    def moved(self) -> trio.Event:
+        """Set at the queue's next change."""
+        ...
+
+    def queue(self) -> list[str]:
+        """The keys waiting, in the order they will get their turns."""
+        ...
+
+    def queued(self, key: str) -> bool: ...
+
+    def eta(self, position: int) -> float:
+        """Seconds until the ``position``-th next turn (0: the next)."""
+        ...
+
+    def urgent(self, key: str) -> AbstractContextManager[None]:
+        """While inside, a reader waits for ``key``: its download goes first."""
+        ...
 
 
 class Provider(Protocol):
@@ -101,6 +138,14 @@ class Provider(Protocol):
     # probably be read soon, in this order (a folder read file after file); do ahead what each
     # read would otherwise do alone (KooDrive: fetch their download links, ≤100 per call). May
     # raise ``ProviderError``; the reads themselves must still work without it.
+    #
+    # Optional, with ``capabilities.download_interval``: ``turns`` (a ``DownloadQueue``),
+    # the queue every download of the provider waits in, and ``background_fetch: bool``: the
+    # vfs fetches every listed object of unknown size in the background (vfs/background.py).
+    #
+    # Optional: ``async check_auth() -> None``: the mount's start check (mount.py): authenticate
+    # with the cheapest call there is (a token, one listing page) and raise its
+    # ``ProviderError``; without it the start check lists the provider's root.
 
     def describe(self, ref: ObjectRef) -> dict[str, str]:
         """Live per-object state for ``user.fusefs.*`` xattrs (e.g. a download link's expiry)."""
@@ -113,8 +158,9 @@ class ProviderError(Exception):
     """Base of every error a provider raises. ``call`` names the remote call."""
 
     def __init__(self, message: str, *, call: str = "") -> None:
-        super().__init__(message)
-        self.call = call
+        # messages carry server text (error bodies, names): one line, capped (fusefs.logs)
+        super().__init__(excerpt(message, MAX_MESSAGE))
+        self.call = excerpt(call, 100)
 
     def __str__(self) -> str:
         msg = super().__str__()

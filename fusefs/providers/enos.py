@@ -28,7 +28,10 @@ from typing import Any
 import httpx
 import trio
 
+from fusefs.logs import excerpt
+from fusefs.providers import _fields as fields
 from fusefs.providers._bulk import BulkClient
+from fusefs.providers._fields import ListingBudget, SkipLog, describe_item
 from fusefs.providers._http import (
     DEFAULT_RETRY,
     RetryPolicy,
@@ -68,12 +71,9 @@ REFRESH_MARGIN = 600.0  # refresh the token 10 min before it expires
 
 
 def _ms_to_ns(value: object) -> int:
-    if isinstance(value, int | str) and not isinstance(value, bool):
-        try:
-            return int(value) * 1_000_000
-        except ValueError:
-            return 0
-    return 0
+    """A time in ms (createTime) as ns; 0 when absent or not a valid time (never out of range)."""
+    ns = fields.ms_time_ns(value)
+    return 0 if ns is None else ns
 
 
 def _i18n(value: object) -> str:
@@ -100,7 +100,7 @@ def envelope_error(env: object, call: str, status: int = 200) -> ProviderError |
         return ProtocolError(f"envelope code {env['code']!r} is not a number", call=call)
     if code == 0:
         return None
-    msg = f"code {code}: {env.get('msg', '')}".rstrip(": ")
+    msg = f"code {code}: {excerpt(str(env.get('msg', '')), 300)}".rstrip(": ")
     if code in NOT_FOUND_CODES:
         return ObjectNotFound(msg, call=call)
     if code in AUTH_CODES or code in TOKEN_EXPIRED_CODES:
@@ -280,6 +280,10 @@ class EnosProvider:
     def describe(self, ref: ObjectRef) -> dict[str, str]:
         return {}
 
+    async def check_auth(self) -> None:
+        """The mount's start check: one access token (AuthError if the app key is rejected)."""
+        await self.auth.token()
+
     async def aclose(self) -> None:
         pass
 
@@ -344,6 +348,9 @@ class EnosProvider:
         self, call: str, url: str, org: str, action: str, body: dict[str, object], page_size: int
     ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
+        what = f"enos: {action} of org {org}"
+        budget = ListingBudget(call, what)
+        skips = SkipLog(log, what)
         page = 1
         while True:
             env = await self._api(
@@ -356,17 +363,23 @@ class EnosProvider:
             data = env.get("data") or []
             if not isinstance(data, list):
                 raise ProtocolError(f"data is {type(data).__name__}, not a list", call=call)
-            out.extend(d for d in data if isinstance(d, dict))
+            budget.page(len(data))
+            for d in data:
+                if isinstance(d, dict):
+                    out.append(d)
+                else:
+                    skips.skip(describe_item(d), "not an object")
             pag = env.get("pagination") or {}
             total = pag.get("totalSize", pag.get("totalSzie")) if isinstance(pag, dict) else None
             if not data:
                 break
-            if isinstance(total, int):
+            if isinstance(total, int) and not isinstance(total, bool):
                 if page * page_size >= total:
                     break
             elif len(data) < page_size:
                 break
             page += 1
+        skips.done()
         return out
 
     # ---- listings ------------------------------------------------------------------------------
@@ -429,15 +442,23 @@ class EnosProvider:
             2,
         )
         info = _OrgInfo(fetched_at=self._clock())
+        skips = SkipLog(log, f"enos: assets of org {org}")
         for a in assets:
-            if isinstance(a.get("assetId"), str):
-                info.assets[a["assetId"]] = a
+            try:
+                info.assets[fields.ident(a, "assetId")] = a
+            except fields.BadField as exc:
+                skips.skip(describe_item(a, "assetId", "name"), str(exc))
         for d in devices:
-            aid, pk = d.get("assetId"), d.get("productKey")
-            if isinstance(aid, str):
-                if isinstance(pk, str) and pk:
-                    info.product_keys[aid] = pk
-                info.assets.setdefault(aid, d)
+            try:
+                aid = fields.ident(d, "assetId")
+            except fields.BadField as exc:
+                skips.skip(describe_item(d, "assetId", "deviceKey"), str(exc))
+                continue
+            pk = fields.opt_text(d, "productKey")
+            if pk is not None:
+                info.product_keys[aid] = pk
+            info.assets.setdefault(aid, d)
+        skips.done()
         self._org_info[org] = info
         return info
 
@@ -587,23 +608,39 @@ class EnosProvider:
             for aid, v in sorted(attrs.items()):
                 if isinstance(v, str) and v.startswith(FILE_SCHEME):
                     uris.setdefault(v, f"attribute:{aid}")
+        skips = SkipLog(log, f"enos: files of asset {asset}")
+        for uri in [u for u in uris if fields.has_control(u)]:
+            skips.skip(repr(uri), "the file URI holds control characters")
+            del uris[uri]
         ordered = sorted(uris)
+
+        async def info_of(uri: str) -> dict[str, Any] | str | None:
+            try:
+                return await self._file_info(org, asset, uri)
+            except ProtocolError as exc:  # this one file's answer is not valid: skip it
+                return str(exc)
+
         infos = await gather_limited(
-            [functools.partial(self._file_info, org, asset, u) for u in ordered], self._fi_limit
+            [functools.partial(info_of, u) for u in ordered], self._fi_limit
         )
         out = []
         for uri, info in zip(ordered, infos, strict=True):
             if info is None:
                 continue
-            name = info.get("originalFilename")
-            size = info.get("fileSize")
-            if not isinstance(name, str) or not isinstance(size, int):
-                raise ProtocolError(
-                    f"getFileInfo of {uri}: no originalFilename/fileSize", call="enos.getFileInfo"
-                )
-            md5 = info.get("md5") if isinstance(info.get("md5"), str) else None
+            if isinstance(info, str):
+                skips.skip(repr(uri), info)
+                continue
+            try:
+                name = fields.text(info, "originalFilename", empty=True)
+                size = fields.size(info, "fileSize")
+            except fields.BadField as exc:
+                skips.skip(repr(uri), f"getFileInfo: {exc}")
+                continue
+            md5 = fields.opt_text(info, "md5")
             created = info.get("createTime")
             ts = _ms_to_ns(created)
+            if ts == 0 and created is not None:
+                skips.note("a createTime that is not a valid time (shown as 0)")
             out.append(
                 RemoteEntry(
                     name=name,
@@ -618,6 +655,7 @@ class EnosProvider:
                     extra={"enos_file_uri": uri, "enos_feature": uris[uri]},
                 )
             )
+        skips.done()
         return out
 
     async def _product_key(self, org: str, asset: str) -> str | None:
@@ -637,14 +675,21 @@ class EnosProvider:
         pk = data.get("productKey") if isinstance(data, dict) else None
         return pk if isinstance(pk, str) and pk else None
 
-    def _firmware_entry(self, org: str, asset: str, fw: dict[str, Any]) -> RemoteEntry | None:
-        fid = fw.get("firmwareId")
-        size = fw.get("fileSize")
-        if not isinstance(fid, str) or not isinstance(size, int):
-            log.warning("enos: firmware without firmwareId/fileSize skipped: %r", fid)
+    def _firmware_entry(
+        self, org: str, asset: str, fw: dict[str, Any], skips: SkipLog | None = None
+    ) -> RemoteEntry | None:
+        try:
+            fid = fields.ident(fw, "firmwareId")
+            size = fields.size(fw, "fileSize")
+        except fields.BadField as exc:
+            (skips or SkipLog(log, f"enos: firmware of asset {asset}")).skip(
+                describe_item(fw, "firmwareId"), str(exc)
+            )
             return None
-        url = fw.get("fileUrl") if isinstance(fw.get("fileUrl"), str) else ""
-        name = f"{_i18n(fw.get('name'))}-{fw.get('version', '')}{_ext(str(url))}"
+        url = fields.opt_text(fw, "fileUrl") or ""
+        fw_version = fw.get("version")
+        version_text = fw_version if isinstance(fw_version, str) else ""
+        name = f"{_i18n(fw.get('name'))}-{version_text}{_ext(url)}"
         sign = fw.get("sign")
         md5 = (
             sign
@@ -653,9 +698,9 @@ class EnosProvider:
         )
         created = fw.get("createTime")
         ts = _ms_to_ns(created)
-        extra = {"enos_firmware_id": fid, "enos_file_url": str(url)}
-        if isinstance(fw.get("version"), str):
-            extra["enos_firmware_version"] = fw["version"]
+        extra = {"enos_firmware_id": fid, "enos_file_url": url}
+        if version_text:
+            extra["enos_firmware_version"] = version_text
         return RemoteEntry(
             name=name,
             remote_id=fid,
@@ -682,12 +727,20 @@ class EnosProvider:
             min(self._page_size, 200),
         )
         out = []
+        skips = SkipLog(log, f"enos: firmware of asset {asset}")
+        seen: set[str] = set()
         for fw in fws:
             if fw.get("productKey") not in (None, pk):
                 continue
-            entry = self._firmware_entry(org, asset, fw)
-            if entry is not None:
-                out.append(entry)
+            entry = self._firmware_entry(org, asset, fw, skips)
+            if entry is None:
+                continue
+            if entry.remote_id in seen:
+                skips.skip(describe_item(fw, "firmwareId"), "listed twice")
+                continue
+            seen.add(entry.remote_id)
+            out.append(entry)
+        skips.done()
         return out
 
     # ---- versions and bytes --------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """IoTDA provider: the result files of export tasks (``/iotda/exports/<id>.zip``).
 
 No Range, no size in the listing (``size_known=False``), and at most one download per
-``download_interval`` (30 s) per user: downloads go through one lock that remembers when the last
-one started; a 403 ``IOTDA.014805`` (too frequent) waits for the window and tries again, for as long
-as the caller's cancel scope allows. See docs/providers/iotda.md.
+``download_interval`` (30 s) per user: every download attempt waits for its turn in
+``self.turns`` (providers/window.py: one per window, a download a reader waits for first); a 403
+``IOTDA.014805`` (too frequent) defers the next turn and tries again. The vfs shows unknown sizes
+as 0 and fetches listed exports in the background (``background_fetch``). See
+docs/providers/iotda.md.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import trio
 
 from fusefs.providers._http import (
     CHUNK_SIZE,
@@ -39,6 +40,7 @@ from fusefs.providers.base import (
     RemoteEntry,
     TransientError,
 )
+from fusefs.providers.window import DownloadTurns
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class IotdaProvider:
         download_interval: float = 30.0,
         retry_policy: RetryPolicy = DEFAULT_RETRY,
         page_size: int = 50,
+        background_fetch: bool = True,
     ) -> None:
         self._client = client
         self._iam = iam
@@ -107,17 +110,28 @@ class IotdaProvider:
         self._project_id = project_id
         self._instance_id = instance_id
         self._resource_type = resource_type
-        self._interval = download_interval
         self._retry = retry_policy
         self._page_size = page_size
-        self._download_lock = trio.Lock()
-        self._last_download: float | None = None  # trio.current_time() of the last start
+        # every download attempt waits for its turn here: one per window, readers first
+        self.turns = DownloadTurns(download_interval)
+        self.background_fetch = background_fetch and download_interval > 0
+        self.capabilities = Capabilities(
+            ranged_reads=False,
+            size_known=False,
+            max_concurrency=1,
+            download_interval=download_interval,
+        )
 
     def __repr__(self) -> str:
         return f"IotdaProvider(url={self._url!r}, project_id={self._project_id!r})"
 
     def describe(self, ref: ObjectRef) -> dict[str, str]:
         return {}
+
+    async def check_auth(self) -> None:
+        """The mount's start check: an IAM token and the project id (AuthError if rejected)."""
+        await self._iam.token()
+        await self._base()
 
     async def aclose(self) -> None:
         pass
@@ -225,21 +239,18 @@ class IotdaProvider:
             marker = nxt
         return out
 
-    async def _wait_window(self) -> None:
-        if self._last_download is not None:
-            await trio.sleep_until(self._last_download + self._interval)
-        self._last_download = trio.current_time()
-
     async def _open_download(self, stack: AsyncExitStack, tid: str) -> httpx.Response:
-        """Start the download (serialised, one per window); return the 200 response."""
+        """Start the download (one per window, in turn); return the 200 response.
+
+        Each attempt waits for a turn (``self.turns``): retries give the turn back, so a download
+        a reader waits for can go ahead of a background one that is failing."""
         call = "iotda.downloadExportFile"
         url = f"{await self._base()}/{quote(tid, safe='')}/file"
         failures = 0
         throttled = 0
         token_retried = False
-        async with self._download_lock:
-            while True:
-                await self._wait_window()
+        while True:
+            async with self.turns.turn(f"t/{tid}"):  # keyed as ObjectRef.key
                 token, headers = await self._headers()
                 try:
                     resp = await start_download(stack, self._client, url, headers, call)
@@ -260,9 +271,9 @@ class IotdaProvider:
                             "%s: %s (too frequent); waiting %.1fs",
                             call,
                             code,
-                            self._interval + extra,
+                            self.turns.interval + extra,
                         )
-                        await trio.sleep(extra)
+                        self.turns.defer(self.turns.interval + extra)
                         continue
                     if is_token_rejected(resp) and not token_retried:
                         token_retried = True

@@ -33,7 +33,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 import trio
 
+from fusefs.logs import excerpt
+from fusefs.providers import _fields as fields
 from fusefs.providers._bulk import BulkClient
+from fusefs.providers._fields import ListingBudget, SkipLog, describe_item
 from fusefs.providers._http import (
     DEFAULT_RETRY,
     RetryPolicy,
@@ -45,7 +48,6 @@ from fusefs.providers._http import (
     short_body,
     stream_range,
 )
-from fusefs.providers._iam import iso_to_ns
 from fusefs.providers.base import (
     AuthError,
     Capabilities,
@@ -82,7 +84,7 @@ def _code(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().lstrip("-").isdigit():
         return int(value)
     return None
 
@@ -276,8 +278,10 @@ class LinkBatcher:
                 batch = []
                 return
             for fid, waiters in batch:
-                res = results.get(fid) or ObjectNotFound(
-                    f"no download link returned for {fid}", call="koodrive.download"
+                # an answer without this id's link (and without an error for it) is not one
+                # the API gives: a corrupt answer (EIO), not a file that is gone
+                res = results.get(fid) or ProtocolError(
+                    f"the answer holds no download link for {fid}", call="koodrive.download"
                 )
                 for w in waiters:
                     if isinstance(res, ProviderError):
@@ -354,6 +358,21 @@ class KoodriveProvider:
             out["link_expires_at"] = _iso(expires)
         return out
 
+    async def check_auth(self) -> None:
+        """The mount's start check: one page of one entry of the first container's root
+        (AuthError if the token or the app signature is rejected)."""
+        spec = next(iter(self._containers.values()), None)
+        if spec is None:
+            return
+        path = f"{API}/files/0"
+        if spec.group_id:  # as _list_folder asks
+            path = f"{API}/files/{quote(spec.group_id, safe='')}/0"
+            if spec.team_type is not None:
+                path += f"?team_type={spec.team_type}"
+        page = {"pageSize": 1, "pageCursor": ""}
+        body = {"containerId": spec.id, "parentFileId": "root", "pageInfo": page}
+        await self._api("koodrive.listFiles", path, body)
+
     async def aclose(self) -> None:
         pass
 
@@ -385,7 +404,7 @@ class KoodriveProvider:
                 except ValueError:
                     env = None
                 code = _code(env.get("code")) if isinstance(env, dict) else None
-                msg = str(env.get("msg", "")) if isinstance(env, dict) else ""
+                msg = excerpt(str(env.get("msg", "")), 300) if isinstance(env, dict) else ""
                 if resp.status_code == 401 or code == 401:
                     if attempt < attempts:
                         log.warning("%s: authorization rejected; signing again", call)
@@ -443,7 +462,11 @@ class KoodriveProvider:
         else:
             path = f"{API}/files/0"
         out: list[RemoteEntry] = []
+        seen_ids: set[str] = set()
         seen_cursors: set[str] = set()
+        what = f"koodrive: folder {parent} of {spec.id}"
+        budget = ListingBudget(call, what)
+        skips = SkipLog(log, what)
         cursor = ""
         while True:
             env = await self._api(
@@ -455,42 +478,63 @@ class KoodriveProvider:
                     "pageInfo": {"pageSize": self._page_size, "pageCursor": cursor},
                 },
             )
-            files = env.get("files") or []
+            files = env.get("files")
+            if files is None:
+                files = []
             if not isinstance(files, list):
                 raise ProtocolError("files is not a list", call=call)
+            budget.page(len(files))
             for f in files:
-                entry = self._entry(spec.id, f)
-                if entry is not None:
-                    out.append(entry)
-            nxt = env.get("nextCursor")
-            if not isinstance(nxt, str) or not nxt:
+                entry = self._entry(spec.id, f, skips)
+                if entry is None:
+                    continue
+                if entry.remote_id in seen_ids:
+                    skips.skip(describe_item(f, "id"), "listed twice")
+                    continue
+                seen_ids.add(entry.remote_id)
+                out.append(entry)
+            nxt = fields.cursor(env.get("nextCursor"), call)
+            if nxt is None:
                 break
             if nxt in seen_cursors:
-                raise ProtocolError(f"listing cursor repeats ({nxt[:40]!r})", call=call)
+                raise ProtocolError(f"listing cursor repeats ({excerpt(nxt, 40)})", call=call)
             seen_cursors.add(nxt)
             cursor = nxt
+        skips.done()
         file_ids = [e.remote_id for e in out if e.kind is EntryKind.FILE]
         now = self._clock()
         for fid in file_ids:
             self._siblings[fid] = (now, file_ids)
         return out
 
-    def _entry(self, cid: str, f: object) -> RemoteEntry | None:
-        if not isinstance(f, dict) or not isinstance(f.get("id"), str):
-            log.warning("koodrive: list item without id skipped")
+    def _entry(self, cid: str, f: object, skips: SkipLog) -> RemoteEntry | None:
+        """One item of a listing page, every field checked; ``None`` (logged) if not valid."""
+        if not isinstance(f, dict):
+            skips.skip(describe_item(f), "not an object")
             return None
-        if f.get("recycled") is True:
+        try:
+            fid = fields.ident(f, "id")
+            recycled = f.get("recycled")
+            if recycled is True:
+                return None
+            name = fields.text(f, "fileName", empty=True)
+            is_folder = str(f.get("fileType")) == FOLDER_TYPE
+            size = 0 if is_folder else fields.size(f, "size")
+        except fields.BadField as exc:
+            skips.skip(describe_item(f, "id", "fileName"), str(exc))
             return None
-        fid: str = f["id"]
-        name = f.get("fileName")
-        if not isinstance(name, str):
-            raise ProtocolError(f"file {fid} has no fileName", call="koodrive.listFiles")
-        mtime = iso_to_ns(f.get("editedTime"))
-        ctime = iso_to_ns(f.get("createdTime")) or mtime
+        edited = f.get("editedTime")
+        mtime = fields.iso_time_ns(edited)
+        if mtime is None:
+            if edited is not None:
+                skips.note("an editedTime that is not a valid time (shown as 0)")
+            mtime = 0
+        ctime = fields.iso_time_ns(f.get("createdTime")) or mtime
         extra = {}
-        if isinstance(f.get("mimeType"), str):
-            extra["koodrive_mime_type"] = f["mimeType"]
-        if str(f.get("fileType")) == FOLDER_TYPE:
+        mime = fields.opt_text(f, "mimeType")
+        if mime is not None:
+            extra["koodrive_mime_type"] = mime
+        if is_folder:
             return RemoteEntry(
                 name=name,
                 remote_id=fid,
@@ -502,14 +546,9 @@ class KoodriveProvider:
                 version="",
                 extra=extra,
             )
-        size = f.get("size", 0)
-        if isinstance(size, str) and size.isdigit():
-            size = int(size)
-        if not isinstance(size, int) or isinstance(size, bool):
-            raise ProtocolError(f"file {fid} has no integer size", call="koodrive.listFiles")
-        version = f"{f.get('editedTime', '')}:{size}"
-        sha = f.get("sha256")
-        if isinstance(sha, str) and sha:
+        version = f"{edited if isinstance(edited, str) else ''}:{size}"
+        sha = fields.opt_text(f, "sha256")
+        if sha is not None:
             version += f":{sha}"
             extra["koodrive_sha256"] = sha
         return RemoteEntry(
@@ -543,7 +582,9 @@ class KoodriveProvider:
             url = d.get("url")
             if code not in (0, None) or not isinstance(url, str) or not url:
                 out[d["fileId"]] = classify_code(
-                    code if code is not None else -1, str(d.get("msg", "no url")), call
+                    code if code is not None else -1,
+                    excerpt(str(d.get("msg", "no url")), 300),
+                    call,
                 )
                 continue
             link = _Link(url, link_refresh_at(url, now))

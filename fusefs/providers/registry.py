@@ -105,6 +105,7 @@ def _iotda(ctx: BuildContext) -> Provider | None:
         resource_type=c.resource_type,
         download_interval=c.download_interval,
         retry_policy=ctx.retry,
+        background_fetch=c.background_fetch,
     )
 
 

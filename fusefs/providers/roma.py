@@ -22,6 +22,9 @@ from urllib.parse import quote
 
 import httpx
 
+from fusefs.logs import excerpt
+from fusefs.providers import _fields as fields
+from fusefs.providers._fields import SkipLog
 from fusefs.providers._http import (
     CHUNK_SIZE,
     DEFAULT_RETRY,
@@ -31,7 +34,7 @@ from fusefs.providers._http import (
     retry,
     start_download,
 )
-from fusefs.providers._iam import IamTokenSource, iso_to_ns
+from fusefs.providers._iam import IamTokenSource
 from fusefs.providers.base import (
     AuthError,
     Capabilities,
@@ -81,6 +84,11 @@ class RomaProvider:
 
     def describe(self, ref: ObjectRef) -> dict[str, str]:
         return {}
+
+    async def check_auth(self) -> None:
+        """The mount's start check: an IAM token and the project id (AuthError if rejected)."""
+        await self._iam.token()
+        await self._base(next(iter(self._instances), ""))
 
     async def aclose(self) -> None:
         pass
@@ -155,6 +163,7 @@ class RomaProvider:
 
     async def _list_archives(self, inst: str) -> list[RemoteEntry]:
         jobs = self._instances[inst]
+        skips = SkipLog(log, f"roma: archives of instance {inst}")
 
         async def one(job_id: str) -> RemoteEntry | None:
             try:
@@ -162,15 +171,34 @@ class RomaProvider:
             except ObjectNotFound:
                 log.info("roma: job %s of instance %s not found; skipped", job_id, inst)
                 return None
-            status = str(st.get("status", "")).lower()
-            archive = st.get("archive_id")
-            if not archive:
-                ent = st.get("entities")
-                archive = ent.get("archive_id") if isinstance(ent, dict) else None
-            if status not in SUCCESS or not isinstance(archive, str) or not archive:
-                log.debug("roma: job %s is %s without an archive; skipped", job_id, status)
+            except ProtocolError as exc:  # this job's answer is not valid: the others still list
+                skips.skip(f"job {job_id}", str(exc))
                 return None
-            mtime = iso_to_ns(st.get("end_time"))
+            raw_status = st.get("status")
+            if not isinstance(raw_status, str):
+                shown = excerpt(repr(raw_status), 60)
+                skips.skip(f"job {job_id}", f"status {shown} is not a string")
+                return None
+            status = raw_status.lower()
+            if status not in SUCCESS:
+                log.debug("roma: job %s is %s; not listed yet", job_id, excerpt(status, 40))
+                return None
+            source: dict[str, Any] = st
+            if st.get("archive_id") is None and isinstance(st.get("entities"), dict):
+                source = st["entities"]
+            try:
+                archive = fields.ident(source, "archive_id")
+            except fields.BadField as exc:
+                skips.skip(f"job {job_id}", f"{status} but {exc}")
+                return None
+            if "/" in archive or archive in (".", ".."):
+                skips.skip(f"job {job_id}", f"archive_id {excerpt(repr(archive), 60)} is not valid")
+                return None
+            mtime = fields.iso_time_ns(st.get("end_time"))
+            if mtime is None:
+                if st.get("end_time") is not None:
+                    skips.note("an end_time that is not a valid time (shown as 0)")
+                mtime = 0
             return RemoteEntry(
                 name=f"{archive}.zip",
                 remote_id=archive,
@@ -178,12 +206,13 @@ class RomaProvider:
                 key=f"z/{inst}/{archive}",
                 size=None,
                 mtime_ns=mtime,
-                ctime_ns=iso_to_ns(st.get("begin_time")) or mtime,
+                ctime_ns=fields.iso_time_ns(st.get("begin_time")) or mtime,
                 version=archive,
                 extra={"roma_job_id": job_id},
             )
 
         found = await gather_limited([functools.partial(one, j) for j in jobs], 4)
+        skips.done()
         out: dict[str, RemoteEntry] = {}
         for e in found:
             if e is not None:
@@ -243,7 +272,7 @@ class RomaProvider:
                 url = f"{await self._base(inst)}/archives/{quote(archive, safe='')}"
                 resp = await self._open_download(stack, url)
                 cl = resp.headers.get("content-length")
-                declared = int(cl) if cl and cl.isdigit() else None
+                declared = int(cl) if cl and cl.isascii() and cl.isdigit() else None
 
                 async def body() -> AsyncIterator[bytes]:
                     got = 0

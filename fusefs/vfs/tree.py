@@ -34,7 +34,7 @@ from fusefs.providers.base import (
 
 if TYPE_CHECKING:
     from fusefs.cache.block_cache import BlockCache
-    from fusefs.providers.base import Provider
+    from fusefs.providers.base import DownloadQueue, Provider
     from fusefs.vfs.snapshots import ListingStore
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ class VirtualTree:
         self.list_timeout = list_timeout
         self.dir_ttl = dir_ttl
         self.clock = clock
+        # called after a listing was applied (the background fetcher's wake-up)
+        self.on_refresh: Callable[[Node], None] | None = None
         self._next_ino = 2
         self.nodes: dict[InodeNo, Node] = {}
         root = Node(ROOT_INO, ROOT_INO, "", EntryKind.DIR, None, "")
@@ -212,6 +214,8 @@ class VirtualTree:
             entries = self._keep_consumed(node, entries)
         self._apply_listing(node, entries)
         node.listed_at = self.clock()
+        if self.on_refresh is not None:
+            self.on_refresh(node)
         if self.snapshots is not None:  # written by a worker thread, not here
             self.snapshots.save_soon(provider.name, node.key, entries)
         log.debug(
@@ -362,6 +366,7 @@ class VirtualTree:
         if e.md5:
             out["md5"] = e.md5
         if not node.is_dir:
+            self.refresh_size(node)
             obj = self.cache.object(node.provider, self.ref(node), remember=False)
             cached = self.cache.cached_bytes(obj)
             size = obj.size
@@ -378,10 +383,37 @@ class VirtualTree:
         e = node.entry
         return ObjectRef(node.provider.name, e.key, e.version, e.size)
 
+    # -- sizes of whole-object sources -------------------------------------------------------
+    def lazy_size(self, node: Node) -> bool:
+        """An unknown size is shown as 0 rather than waited for: the source allows one
+        download per window (IoTDA), so no stat may wait for one (docs/semantics.md)."""
+        p = node.provider
+        return p is not None and p.capabilities.download_interval > 0
+
+    def refresh_size(self, node: Node) -> None:
+        """Take a size learnt by any download (a reader's, the background's, a prefetch)."""
+        if node.size is None and not node.is_dir and node.entry is not None:
+            assert node.provider is not None
+            node.size = self.cache.known_size(node.provider, self.ref(node))
+
+    def learn_size(self, node: Node, ref: ObjectRef, size: int) -> None:
+        if self.nodes.get(node.ino) is node and self.ref(node) == ref:
+            node.size = size  # (not when replaced by a newer version meanwhile)
+
+    def turns(self, node: Node) -> DownloadQueue | None:
+        return getattr(node.provider, "turns", None) if node.provider is not None else None
+
     async def resolve_size(self, node: Node) -> None:
-        """For sources without a size: fetch whole (single-flight) so stat never shows 0."""
+        """For sources without a size: fetch whole (single-flight) so stat never shows 0 —
+        except where one download per window is allowed: there the size stays unknown (0)."""
         if node.is_dir or node.size is not None:
             return
+        self.refresh_size(node)
+        if node.size is not None or self.lazy_size(node):
+            return
+        await self._download(node)
+
+    async def _download(self, node: Node) -> None:
         assert node.provider is not None
         ref = self.ref(node)
         obj = self.cache.object(node.provider, ref)
@@ -391,5 +423,70 @@ class VirtualTree:
             raise to_fs_error(exc, f"downloading {self.describe(node)}") from exc
         if self.nodes.get(node.ino) is not node:
             raise errors.NotFound(f"{self.describe(node)} disappeared while it was downloaded")
-        if self.ref(node) == ref:  # not replaced by a newer version meanwhile
-            node.size = size
+        self.learn_size(node, ref, size)
+
+    async def download_for_reader(self, node: Node, keep_alive: Callable[[float], None]) -> None:
+        """``open`` of a file whose size is unknown: wait until it is downloaded whole.
+
+        Where downloads take turns (IoTDA), the download goes ahead of background ones, and
+        while it waits for its turn every move of the queue calls ``keep_alive(interval)``:
+        waiting in line is progress, the request's time limit counts from the last move. A
+        download that fails with a transient error (a cut body, retries used up) is started
+        again, at most ``READER_RESTARTS`` times."""
+        if node.is_dir or node.size is not None:
+            return
+        self.refresh_size(node)
+        turns = self.turns(node)
+        if node.size is not None:
+            return
+        if turns is None:  # no queue (offline, or no window): as any request
+            await self._download(node)
+            return
+        assert node.provider is not None
+        ref = self.ref(node)
+        obj = self.cache.object(node.provider, ref)
+        restarts = 0
+        with turns.urgent(ref.key):
+            while True:
+                wf = self.cache.start_whole(obj)
+                while not wf.done.is_set():
+                    if turns.queued(ref.key):
+                        keep_alive(turns.interval)
+                    await _wait_any(wf.done, turns.moved)
+                if wf.error is None:
+                    break
+                err = wf.error
+                if not isinstance(err, TransientError) or restarts >= READER_RESTARTS:
+                    if isinstance(err, ProviderError):
+                        raise to_fs_error(err, f"downloading {self.describe(node)}") from err
+                    raise err
+                restarts += 1
+                await trio.lowlevel.checkpoint()  # (not into a cache that is shutting down)
+                log.warning(
+                    "downloading %s failed (%s); trying again (%d of %d)",
+                    self.describe(node),
+                    err,
+                    restarts,
+                    READER_RESTARTS,
+                )
+        if self.nodes.get(node.ino) is not node:
+            raise errors.NotFound(f"{self.describe(node)} disappeared while it was downloaded")
+        assert obj.size is not None
+        self.learn_size(node, ref, obj.size)
+
+
+READER_RESTARTS = 2
+
+
+async def _wait_any(*events: trio.Event) -> None:
+    """Until one of the events is set."""
+    if any(e.is_set() for e in events):
+        return
+
+    async def wait(e: trio.Event, scope: trio.CancelScope) -> None:
+        await e.wait()
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for e in events:
+            nursery.start_soon(wait, e, nursery.cancel_scope)

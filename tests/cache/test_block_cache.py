@@ -312,3 +312,32 @@ async def test_a_file_system_without_o_direct_falls_back_to_buffered_writes(
     assert first.store.stats()["direct_write_bytes"] == 0
     refusals = [r for r in caplog.records if "refuses O_DIRECT" in r.getMessage()]
     assert len(refusals) == 1  # said once, not once per block
+
+
+async def test_a_huge_listed_size_costs_nothing_per_query(cache: BlockCache) -> None:
+    """Issue 9: cached_bytes (fusefs info, getxattr, read-ahead checks) is O(blocks cached),
+    never O(listed size): 10^15 bytes = 15 billion blocks of 64 KiB here."""
+    from fusefs.providers.base import ObjectRef
+
+    p = FakeProvider()
+    obj = cache.object(p, ObjectRef("fake", "huge", "v1", 10**15))
+    t0 = trio.current_time()
+    for _ in range(100):
+        assert cache.cached_bytes(obj) == 0
+    assert not cache.had_bytes(obj)
+    assert trio.current_time() - t0 < 1.0
+
+
+async def test_had_bytes_after_a_fetch(cache: BlockCache, tmp_path: Path) -> None:
+    """What decides ESTALE (changed while open) against EIO/ENOENT (the first answer already
+    disagrees with the listing): bytes of the version were received before."""
+    p = FakeProvider()
+    ref = p.add("obj", 3 * BS)
+    obj = cache.object(p, ref)
+    assert not cache.had_bytes(obj)
+    await FileReader(cache, obj).read(0, 10)
+    assert cache.had_bytes(obj)
+    await cache.flush(obj.oid)
+    await trio.to_thread.run_sync(cache._wq.join)
+    again = BlockCache(tmp_path / "cache", block_size=BS, max_bytes=64 * BS, min_free_ratio=0)
+    assert again.had_bytes(again.object(p, ref))  # on disk from an earlier run

@@ -1,4 +1,5 @@
-"""`fusefs demo` as a user runs it: mounts, shows all four trees, Ctrl-C leaves nothing behind."""
+"""`fusefs demo` as a user runs it: mounts, shows all four trees; Ctrl-C, SIGTERM or SIGHUP leave
+nothing behind."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from tests.helpers.mounting import unmount
 pytestmark = pytest.mark.fuse
 
 
-def test_demo_mounts_and_ctrl_c_unmounts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_demo_mounts_and_a_signal_stops_everything(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C (SIGINT), SIGTERM, and SIGHUP (its terminal closed) stop the demo alike."""
     mnt = tmp_path / "mnt"
     proc = subprocess.Popen(
         [
@@ -42,7 +45,7 @@ def test_demo_mounts_and_ctrl_c_unmounts(tmp_path: Path) -> None:
             time.sleep(0.1)
         for sub in ("enos", "koodrive", "iotda/exports", "roma"):
             assert os.listdir(mnt / sub), sub
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends; maybe before the banner is out
+        proc.send_signal(sig)  # maybe before the banner is out
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
         assert "nothing left mounted" in out

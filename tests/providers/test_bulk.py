@@ -182,6 +182,27 @@ async def test_size_change_is_a_version_mismatch(server: tuple[str, _State]) -> 
         await _fetch(base, s, 0, 100, size=len(s.data) + 1)
 
 
+async def test_another_size_is_refused_before_any_byte(server: tuple[str, _State]) -> None:
+    """Bytes of another version never reach the sink (the cache) under the listed version."""
+    base, s = server
+    sink = _Sink(0)
+    bulk = BulkClient(read_timeout=1.0)
+
+    async def target(stale: bool) -> Target:
+        return Target(f"{base}/obj", {}, {"link": "l1"})
+
+    try:
+        for ignore_range in (False, True):  # the size from Content-Range, then Content-Length
+            s.ignore_range = ignore_range
+            with pytest.raises(VersionMismatch):
+                await download_range(
+                    bulk, "t", target, 0, 100_000, sink, expected_size=len(s.data) - 1, policy=FAST
+                )
+            assert sink.out == b""
+    finally:
+        bulk.close()
+
+
 async def test_a_stalled_server_is_bounded(server: tuple[str, _State]) -> None:
     base, s = server
     s.stall = 1.5  # longer than the 1 s read timeout, every time

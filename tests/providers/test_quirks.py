@@ -224,7 +224,7 @@ async def test_iotda_server_window_longer_than_ours_waits_and_retries(
     env = await make_env(emulator_clock=lambda: 1_700_000_000 + trio.current_time(),
                          iotda_interval=30.0)  # fmt: skip
     iot = env.providers["iotda"]
-    iot._interval = 5.0  # type: ignore[attr-defined]  # we believe 5 s, the server enforces 30 s
+    iot.turns.interval = 5.0  # type: ignore[attr-defined]  # we believe 5 s, the server: 30 s
     files = [e for _, e in await walk(iot)][:2]
     for e in files:
         assert await read_all(iot, e)
