@@ -18,6 +18,8 @@ from urllib.parse import quote
 
 import httpx
 
+from fusefs.providers import _fields as fields
+from fusefs.providers._fields import ListingBudget, SkipLog, describe_item
 from fusefs.providers._http import (
     CHUNK_SIZE,
     DEFAULT_RETRY,
@@ -28,7 +30,7 @@ from fusefs.providers._http import (
     short_body,
     start_download,
 )
-from fusefs.providers._iam import IamTokenSource, iso_to_ns
+from fusefs.providers._iam import IamTokenSource
 from fusefs.providers.base import (
     AuthError,
     Capabilities,
@@ -195,6 +197,9 @@ class IotdaProvider:
         out: list[RemoteEntry] = []
         seen: set[str] = set()
         marker: str | None = None
+        what = "iotda: export tasks"
+        budget = ListingBudget(call, what)
+        skips = SkipLog(log, what)
         while True:
             params = {"resource_type": self._resource_type, "limit": str(self._page_size)}
             if marker:
@@ -203,41 +208,61 @@ class IotdaProvider:
             tasks = body.get("export_tasks") if isinstance(body, dict) else None
             if not isinstance(tasks, list):
                 raise ProtocolError("no export_tasks list", call=call)
+            budget.page(len(tasks))
             for t in tasks:
-                if not isinstance(t, dict) or not isinstance(t.get("export_task_id"), str):
+                entry = self._export_entry(t, skips)
+                if entry is None:
                     continue
-                tid: str = t["export_task_id"]
-                if tid in seen:
+                if entry.remote_id in seen:
+                    skips.skip(describe_item(t, "export_task_id"), "listed twice")
                     continue
-                seen.add(tid)
-                if t.get("status") != "Success":
-                    continue
-                end = t.get("end_time")
-                mtime = iso_to_ns(end)
-                out.append(
-                    RemoteEntry(
-                        name=f"{tid}.zip",
-                        remote_id=tid,
-                        kind=EntryKind.FILE,
-                        key=f"t/{tid}",
-                        size=None,
-                        mtime_ns=mtime,
-                        ctime_ns=iso_to_ns(t.get("create_time")) or mtime,
-                        version=f"{tid}@{end}",
-                        extra={"iotda_resource_type": str(t.get("resource_type", ""))},
-                    )
-                )
+                seen.add(entry.remote_id)
+                out.append(entry)
             if len(tasks) < self._page_size:
                 break
             page = body.get("page") if isinstance(body, dict) else None
-            nxt = page.get("marker") if isinstance(page, dict) else None
-            if not isinstance(nxt, str) or not nxt:
+            nxt = fields.cursor(page.get("marker"), call) if isinstance(page, dict) else None
+            if nxt is None:
                 last = tasks[-1]
                 nxt = last.get("export_task_id") if isinstance(last, dict) else None
             if not isinstance(nxt, str) or not nxt or nxt == marker:
                 raise ProtocolError("export-task paging does not advance", call=call)
             marker = nxt
+        skips.done()
         return out
+
+    def _export_entry(self, t: object, skips: SkipLog) -> RemoteEntry | None:
+        """One export task of a listing page, checked; ``None`` (logged) when it is not valid,
+        ``None`` (silently) when it is not a finished export (no file to show yet)."""
+        if not isinstance(t, dict):
+            skips.skip(describe_item(t), "not an object")
+            return None
+        try:
+            tid = fields.ident(t, "export_task_id")
+            if "/" in tid or tid in (".", ".."):
+                raise fields.BadField(f"export_task_id {tid!r} is not a file name")
+        except fields.BadField as exc:
+            skips.skip(describe_item(t, "export_task_id"), str(exc))
+            return None
+        if t.get("status") != "Success":
+            return None
+        end = t.get("end_time")
+        mtime = fields.iso_time_ns(end)
+        if mtime is None:
+            if end is not None:
+                skips.note("an end_time that is not a valid time (shown as 0)")
+            mtime = 0
+        return RemoteEntry(
+            name=f"{tid}.zip",
+            remote_id=tid,
+            kind=EntryKind.FILE,
+            key=f"t/{tid}",
+            size=None,
+            mtime_ns=mtime,
+            ctime_ns=fields.iso_time_ns(t.get("create_time")) or mtime,
+            version=f"{tid}@{end if isinstance(end, str) else ''}",
+            extra={"iotda_resource_type": fields.opt_text(t, "resource_type") or ""},
+        )
 
     async def _open_download(self, stack: AsyncExitStack, tid: str) -> httpx.Response:
         """Start the download (one per window, in turn); return the 200 response.

@@ -364,3 +364,61 @@ async def test_roma_bad_job_fields_skip_that_job_only(
         return
     assert {e.remote_id for e in after} == {e.remote_id for e in before} - {victim.remote_id}
     assert len([r for r in caplog.records if "skipped" in r.getMessage()]) == 1
+
+
+# ---- IoTDA ---------------------------------------------------------------------------------------
+
+
+async def _iotda_exports(iot: Any) -> list[RemoteEntry]:
+    (exports,) = await iot.list_dir("")
+    return list(await iot.list_dir(exports.key))
+
+
+@pytest.mark.parametrize("change", [{"unset": ["export_task_id"]}, {"set": {"export_task_id": 7}},
+                                    {"set": {"export_task_id": "a\nb"}},
+                                    {"set": {"export_task_id": "../x"}},
+                                    {"set": {"export_task_id": ".."}}])  # fmt: skip
+async def test_iotda_bad_task_id_skips_that_export_only(
+    make_env, caplog: pytest.LogCaptureFixture, change: dict[str, Any]
+) -> None:
+    env = await make_env()
+    iot = env.providers["iotda"]
+    before = await _iotda_exports(iot)
+    assert len(before) >= 2
+    victim = before[0]
+    await env.faults(
+        patch("iotda.list", {"export_task_id": victim.remote_id}, change.get("set"),
+              change.get("unset"))
+    )  # fmt: skip
+    caplog.set_level(logging.WARNING)
+    after = await _iotda_exports(iot)
+    assert {e.remote_id for e in after} == {e.remote_id for e in before} - {victim.remote_id}
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert all("\n" not in line for line in lines)
+    assert all("/" not in e.name for e in after)
+
+
+async def test_iotda_bad_end_time_is_zero_and_logged_once(
+    make_env, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = await make_env()
+    iot = env.providers["iotda"]
+    before = await _iotda_exports(iot)
+    await env.faults(patch("iotda.list", {"status": "Success"}, {"end_time": "soon"}))
+    caplog.set_level(logging.WARNING)
+    after = await _iotda_exports(iot)
+    assert [e.remote_id for e in after] == [e.remote_id for e in before]
+    assert all(e.mtime_ns == 0 for e in after)
+    assert len([r for r in caplog.records if "end_time" in r.getMessage()]) == 1
+
+
+async def test_iotda_integer_marker_is_an_error_not_the_end(make_env) -> None:
+    env = await make_env()
+    iot = env.providers["iotda"]
+    assert len(await _iotda_exports(iot)) >= 2
+    iot._page_size = 1  # every page full: the listing goes on by its marker
+    await env.faults({"rules": [{"route": "iotda.list", "kind": "patch",
+                                 "set": {"page": {"marker": 12345}}}]})  # fmt: skip
+    with pytest.raises(ProtocolError, match="not a string"):
+        await _iotda_exports(iot)
