@@ -24,7 +24,7 @@ from fusefs.config import HttpConfig
 from fusefs.control import FSTYPE, ControlServer, control_path, mount_table
 from fusefs.fuse_ops import FuseOperations
 from fusefs.providers._bulk import BulkClient
-from fusefs.providers.base import ProviderError, TransientError, Unavailable
+from fusefs.providers.base import ProtocolError, ProviderError, TransientError, Unavailable
 from fusefs.providers.offline import OfflineProvider
 from fusefs.providers.registry import build_providers
 from fusefs.vfs.background import BackgroundFetcher
@@ -141,6 +141,11 @@ async def check_provider(provider: Provider, timeout: float) -> ProviderError | 
         return Unavailable(f"no answer within {timeout:.0f} s", call=f"{provider.name}.check")
     except ProviderError as exc:
         return exc
+    except Exception as exc:  # a bug or an unmapped error: this provider is down, not the start
+        log.exception("%s: start check failed unexpectedly", provider.name)
+        return ProtocolError(
+            f"start check failed: {type(exc).__name__}: {exc}", call=f"{provider.name}.check"
+        )
     return None
 
 
@@ -182,8 +187,29 @@ class DownAtStart:
         self._checked = trio.current_time()
         self._lock = trio.Lock()
 
-    def __getattr__(self, name: str) -> Any:  # fetch_range, prepare_reads, ...
-        return getattr(self.inner, name)
+    # calls that would reach the service with the rejected credentials: refused while down (a
+    # read of bytes not cached answers the start error; IAM locks out repeated wrong passwords)
+    _GATED = frozenset({"fetch_range", "prepare_reads"})
+
+    def __getattr__(self, name: str) -> Any:  # turns, describe helpers, ...
+        attr = getattr(self.inner, name)
+        if name in self._GATED and callable(attr):
+
+            async def gated(*args: Any, **kwargs: Any) -> Any:
+                self._refuse()
+                return await attr(*args, **kwargs)
+
+            return gated
+        return attr
+
+    @property
+    def background_fetch(self) -> bool:
+        """No background downloads while the credentials stand rejected."""
+        return self.error is None and bool(getattr(self.inner, "background_fetch", False))
+
+    def _refuse(self) -> None:
+        if self.error is not None:
+            raise self.error.with_traceback(None)
 
     async def list_dir(self, key: str) -> list[RemoteEntry]:
         if self.error is not None:
@@ -205,6 +231,7 @@ class DownAtStart:
     def open_stream(
         self, ref: ObjectRef, offset: int = 0, length: int | None = None
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        self._refuse()
         return self.inner.open_stream(ref, offset, length)
 
     def describe(self, ref: ObjectRef) -> dict[str, str]:

@@ -844,7 +844,8 @@ class BlockCache:
                 )
                 exc = ProtocolError(f"fetch failed: {exc!r}", call="cache")
             self._fail(obj, flights, exc.with_traceback(None))
-            await self._release_reserved(sink)
+            with trio.CancelScope(shield=True):  # a cancel here must not keep the space
+                await self._release_reserved(sink)
         except BaseException:
             self._fail(obj, flights, ProtocolError("fetch cancelled", call="cache"))
             with trio.CancelScope(shield=True):

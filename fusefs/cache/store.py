@@ -153,8 +153,11 @@ def lock_cache_dir(root: Path, mountpoint: Path) -> int:
     except OSError as exc:  # a file system without locks: warn, do not refuse
         log.warning("cannot lock %s (%s): a second mount here is not refused", path, exc)
         return fd
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"pid": os.getpid(), "mountpoint": str(mountpoint)}).encode(), 0)
+    try:  # who holds it, for the message of a second mount
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "mountpoint": str(mountpoint)}).encode(), 0)
+    except OSError as exc:  # a full or read-only disk: the lock holds, the note is missing
+        log.warning("cannot write %s (%s): a second mount will not be told who holds it", path, exc)
     return fd
 
 
