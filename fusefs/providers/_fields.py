@@ -202,6 +202,16 @@ class SkipLog:
         logged once per listing by :meth:`done`."""
         self.notes[what] = self.notes.get(what, 0) + 1
 
+    def time_ns(self, value: object, field: str) -> int:
+        """An ISO-8601 time of an entry in ns; 0 (noted once per listing) when it is not valid,
+        0 silently when it is absent."""
+        ns = iso_time_ns(value)
+        if ns is None:
+            if value is not None:
+                self.note(f"an {field} that is not a valid time (shown as 0)")
+            return 0
+        return ns
+
     def done(self) -> None:
         if self.skipped > self.limit:
             self.log.warning(

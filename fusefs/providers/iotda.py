@@ -247,11 +247,7 @@ class IotdaProvider:
         if t.get("status") != "Success":
             return None
         end = t.get("end_time")
-        mtime = fields.iso_time_ns(end)
-        if mtime is None:
-            if end is not None:
-                skips.note("an end_time that is not a valid time (shown as 0)")
-            mtime = 0
+        mtime = skips.time_ns(end, "end_time")
         return RemoteEntry(
             name=f"{tid}.zip",
             remote_id=tid,

@@ -524,11 +524,7 @@ class KoodriveProvider:
             skips.skip(describe_item(f, "id", "fileName"), str(exc))
             return None
         edited = f.get("editedTime")
-        mtime = fields.iso_time_ns(edited)
-        if mtime is None:
-            if edited is not None:
-                skips.note("an editedTime that is not a valid time (shown as 0)")
-            mtime = 0
+        mtime = skips.time_ns(edited, "editedTime")
         ctime = fields.iso_time_ns(f.get("createdTime")) or mtime
         extra = {}
         mime = fields.opt_text(f, "mimeType")

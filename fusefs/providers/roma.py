@@ -194,11 +194,7 @@ class RomaProvider:
             if "/" in archive or archive in (".", ".."):
                 skips.skip(f"job {job_id}", f"archive_id {excerpt(repr(archive), 60)} is not valid")
                 return None
-            mtime = fields.iso_time_ns(st.get("end_time"))
-            if mtime is None:
-                if st.get("end_time") is not None:
-                    skips.note("an end_time that is not a valid time (shown as 0)")
-                mtime = 0
+            mtime = skips.time_ns(st.get("end_time"), "end_time")
             return RemoteEntry(
                 name=f"{archive}.zip",
                 remote_id=archive,
