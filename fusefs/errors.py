@@ -51,6 +51,13 @@ class PermissionDenied(FsError):
     log_level = logging.ERROR
 
 
+class BadHandle(FsError):
+    """A file or directory handle the kernel never got from us (or already released)."""
+
+    errno = errno.EBADF
+    log_level = logging.ERROR
+
+
 class Stale(FsError):
     errno = errno.ESTALE
 

@@ -206,7 +206,7 @@ class FuseOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs.get(fh)
         if handle is None:
-            raise errors.NotFound(f"directory handle {fh}")
+            raise errors.BadHandle(f"directory handle {fh}")
         if handle.entries is None or start_id == 0:
             # one snapshot per handle: continuation ids stay valid while the listing changes
             handle.entries = await self.tree.readdir(handle.ino)
@@ -267,7 +267,7 @@ class FuseOperations(pyfuse3.Operations):
         try:
             node, reader = self._files[fh]
         except KeyError:
-            raise errors.NotFound(f"file handle {fh}") from None
+            raise errors.BadHandle(f"file handle {fh}") from None
         try:
             return await reader.read(off, size)
         except (ObjectNotFound, VersionMismatch) as exc:
