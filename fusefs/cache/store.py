@@ -211,6 +211,7 @@ class BlockStore:
         self._bounce = threading.local()  # per writing thread: one aligned block-sized buffer
         self.direct_write_bytes = 0  # bytes written with O_DIRECT (the rest went buffered)
         self.corrupt_blocks = 0
+        self.evicted_blocks = 0  # blocks trimmed to keep under the cap (LRU)
         self.disk_reads = 0  # reads done in a worker thread (page cache missed, or > 1 check)
         self.disk_read_bytes = 0  # bytes read from the data files (page cache or disk)
 
@@ -543,6 +544,7 @@ class BlockStore:
                 break
             self.unpinned_bytes -= size
             freed += size
+            self.evicted_blocks += 1
             have = self._present.get(oid)
             if have is not None:
                 have.pop(index, None)
@@ -846,4 +848,5 @@ class BlockStore:
             "disk_reads": self.disk_reads,
             "disk_read_bytes": self.disk_read_bytes,
             "direct_write_bytes": self.direct_write_bytes,
+            "evicted_blocks": self.evicted_blocks,
         }
