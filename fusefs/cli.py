@@ -5,19 +5,16 @@ This module is the command line only: parsing, messages and exit codes."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import logging
 import os
-import select
-import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from fusefs.daemon import StatusWriter
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -48,50 +45,24 @@ def _fail(msg: str) -> int:
     return 2
 
 
-class _Status:
-    """The daemon's side of ``--status-fd``: JSON lines to the process that started it (the
-    background ``fusefs mount``, the demo): ``{"warning": ...}`` per provider that is down, then
-    ``{"mounted": MNT}`` or ``{"error": ...}``; closed after either."""
-
-    def __init__(self, fd: int | None) -> None:
-        self._out = os.fdopen(fd, "w", encoding="utf-8") if fd is not None else None
-
-    def _send(self, **msg: str) -> None:
-        if self._out is None:
-            return
-        with contextlib.suppress(OSError):  # the starter went away: nobody to tell
-            self._out.write(json.dumps(msg) + "\n")
-            self._out.flush()
-
-    def close(self) -> None:
-        if self._out is not None:
-            with contextlib.suppress(OSError):
-                self._out.close()
-            self._out = None
-
-    def ready(self, mnt: Path, warnings: list[str]) -> None:
-        for w in warnings:
-            self._send(warning=w)
-        self._send(mounted=str(mnt))
-        self.close()
-
-    def fail(self, msg: str) -> int:
-        self._send(error=msg)
-        self.close()
-        return _fail(msg)
+def _fail_to(status: StatusWriter, msg: str) -> int:
+    """Fail, telling the starter too (the background ``fusefs mount``, the demo)."""
+    status.error(msg)
+    return _fail(msg)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from fusefs.config import ConfigError, load_config
+    from fusefs.config import ConfigError
     from fusefs.mount import MountError, check_mountpoint
+    from fusefs.providers.registry import load_config
 
-    status = _Status(args.status_fd)
+    status = StatusWriter(args.status_fd)
     mnt = Path(args.mountpoint).absolute()
     try:
         cfg = load_config(Path(args.config))
         check_mountpoint(mnt, allow_non_empty=args.allow_non_empty)
     except (ConfigError, MountError) as exc:
-        return status.fail(str(exc))
+        return _fail_to(status, str(exc))
     level = "debug" if args.debug else cfg.mount.log_level
     if not args.foreground:
         return _spawn_background(args, mnt)
@@ -112,145 +83,50 @@ def cmd_mount(args: argparse.Namespace) -> int:
             )
         )
     except MountError as exc:
-        return status.fail(str(exc))
+        return _fail_to(status, str(exc))
     except RuntimeError as exc:  # pyfuse3.init failures
-        return status.fail(f"mounting {mnt} failed: {exc}")
+        return _fail_to(status, f"mounting {mnt} failed: {exc}")
     finally:
         status.close()
     return 0
 
 
-@dataclass
-class DaemonStart:
-    """What a daemon said on its status pipe while starting (``wait_for_daemon``)."""
-
-    mounted: bool = False
-    warnings: list[str] = field(default_factory=list)
-    error: str | None = None
-
-
-def wait_for_daemon(proc: subprocess.Popen[bytes], status_fd: int, timeout: float) -> DaemonStart:
-    """Read the daemon's status pipe until it reports the mount up or failed, exits, or
-    ``timeout`` passes (``mounted`` and ``error`` both unset). Closes ``status_fd``."""
-    out = DaemonStart()
-    buf = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while not out.mounted and out.error is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            ready, _, _ = select.select([status_fd], [], [], min(left, 0.5))
-            if not ready:
-                continue
-            chunk = os.read(status_fd, 65536)
-            if not chunk:  # the daemon closed it without a word: it is exiting
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5)
-                break
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(msg, dict):
-                    continue
-                if "warning" in msg:
-                    out.warnings.append(str(msg["warning"]))
-                elif "error" in msg:
-                    out.error = str(msg["error"])
-                elif "mounted" in msg:
-                    out.mounted = True
-        if out.error is not None:  # it is on its way out: let it go before we report
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-    finally:
-        os.close(status_fd)
-    return out
-
-
-START_TIMEOUT = 60.0  # the start checks take up to 20 s when a service does not answer
-
-
 def _spawn_background(args: argparse.Namespace, mnt: Path) -> int:
     """Run the daemon detached, logging to a file; return once the mount is up."""
+    from fusefs.daemon import START_TIMEOUT, StartError, spawn
+
     logdir = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "fusefs"
     logdir.mkdir(parents=True, exist_ok=True)
     logfile = logdir / f"{mnt.name or 'root'}.log"
-    argv = [sys.executable, "-m", "fusefs", "mount", "--foreground", "--config", args.config]
+    options = []
     if args.debug:
-        argv.append("--debug")
+        options.append("--debug")
     if args.offline:
-        argv.append("--offline")
+        options.append("--offline")
     if args.allow_non_empty:
-        argv.append("--allow-non-empty")
-    rfd, wfd = os.pipe()
-    argv += ["--status-fd", str(wfd), str(mnt)]
+        options.append("--allow-non-empty")
+    daemon = spawn(args.config, mnt, logfile, options=options, new_session=True)
     try:
-        with open(logfile, "ab") as out:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-                pass_fds=(wfd,),
-            )
-    finally:
-        os.close(wfd)
-    started = wait_for_daemon(proc, rfd, START_TIMEOUT)
-    if started.error:
-        return _fail(started.error)
-    if not started.mounted:
-        if proc.poll() is not None:
-            return _fail(f"the daemon exited with {proc.returncode}; see {logfile}")
-        proc.terminate()
-        return _fail(f"{mnt} did not become a mount within {START_TIMEOUT:.0f} s; see {logfile}")
-    for w in started.warnings:
+        warnings = daemon.wait_ready(START_TIMEOUT)
+    except StartError as exc:
+        return _fail(str(exc))
+    for w in warnings:
         print(f"fusefs: warning: {w}", file=sys.stderr)
-    print(f"fusefs: mounted {mnt} (pid {proc.pid}, log {logfile})")
-    return 0
-
-
-def _mount_path(path: Path) -> Path:
-    """``path`` as /proc/self/mountinfo names it, without asking a (maybe dead) mount."""
-    path = path.absolute()
-    return Path(os.path.realpath(path.parent)) / path.name if path.name else path
-
-
-def unmount(mnt: Path) -> int:
-    """Unmount a fusefs mount, a dead one (its daemon killed) included."""
-    from fusefs.mount import mount_state
-
-    fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
-    if fusermount is None:
-        return _fail("fusermount3 not found: install fuse3")
-    mnt = _mount_path(mnt)
-    state = mount_state(mnt)
-    if state is None:
-        return _fail(f"{mnt} is not mounted")
-    _, dead = state
-    r = subprocess.run([fusermount, "-u", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0 and dead:
-        # nothing can be served from a dead mount: detach it even while programs use it
-        r = subprocess.run([fusermount, "-u", "-z", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        msg = r.stderr.strip().replace("\n", "; ") or f"could not unmount {mnt}"
-        if "busy" in msg.lower():
-            msg += (
-                f": programs still use it (`fuser -vm {mnt}` names them); close them, or "
-                f"`fusermount3 -u -z {mnt}` to detach it now"
-            )
-        return _fail(msg)
-    if dead:
-        print(f"fusefs: cleaned up the dead mount at {mnt}", file=sys.stderr)
+    print(f"fusefs: mounted {mnt} (pid {daemon.pid}, log {logfile})")
     return 0
 
 
 def cmd_unmount(args: argparse.Namespace) -> int:
-    return unmount(Path(args.mountpoint))
+    from fusefs.daemon import UnmountError, mount_path, unmount
+
+    mnt = mount_path(Path(args.mountpoint))
+    try:
+        dead = unmount(mnt)
+    except UnmountError as exc:
+        return _fail(str(exc))
+    if dead:
+        print(f"fusefs: cleaned up the dead mount at {mnt}", file=sys.stderr)
+    return 0
 
 
 def _by_mount(paths: list[str]) -> tuple[MountInfo, list[str]]:
@@ -389,7 +265,6 @@ def _info_text(value: object) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Per-file state (the user.fusefs.* fields) from the daemon, xattrs on or off."""
-    import json
 
     from fusefs.control import request
 
@@ -422,10 +297,10 @@ def cmd_roma_export(args: argparse.Namespace) -> int:
     """Start a ROMA Connect asset export job; its archive appears once the job is in the config."""
     import trio
 
-    from fusefs.config import ConfigError, load_config
+    from fusefs.config import ConfigError
     from fusefs.mount import make_http_client
     from fusefs.providers.base import ProviderError
-    from fusefs.providers.registry import build_providers
+    from fusefs.providers.registry import build_providers, load_config
     from fusefs.providers.roma import RomaProvider
 
     async def start() -> str:

@@ -1,5 +1,9 @@
 """The mount configuration: a TOML file (docs/configuration.md) → frozen dataclasses.
 
+Here: the generic parts (``[mount]``, ``[cache]``, ``[http]``, secrets, sizes, file loading) and
+:class:`Section`, the reader every section parser uses. Each provider module parses its own
+section (its ``SPEC``); ``fusefs.providers.registry.load_config`` puts the two together.
+
 Every mistake raises :class:`ConfigError` with one line that names the key and says what to fix.
 Secrets never appear in the file: they come from an environment variable (``<name>_env``) or a file
 (``<name>_file``, mode 0600 or stricter) and are held in :class:`Secret`, whose repr hides them.
@@ -13,16 +17,15 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-PROVIDER_SECTIONS = ("enos", "koodrive", "iotda", "roma")
 
 
 class ConfigError(ValueError):
@@ -73,65 +76,6 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class EnosConfig:
-    apigw_url: str
-    integration_url: str
-    app_key: str
-    app_secret: Secret
-    orgs: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class KoodriveContainer:
-    id: str
-    group_id: str | None = None
-    team_type: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class KoodriveConfig:
-    url: str
-    auth: Literal["token", "app"]
-    containers: tuple[KoodriveContainer, ...]
-    token: Secret | None = None
-    app_id: str | None = None
-    app_secret: Secret | None = None
-    user_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class IamConfig:
-    url: str
-    user: str
-    domain: str
-    project: str
-    password: Secret
-
-
-@dataclass(frozen=True, slots=True)
-class IotdaConfig:
-    url: str
-    project_id: str | None = None
-    instance_id: str | None = None
-    resource_type: str = "BatchTask"
-    download_interval: float = 30.0
-    background_fetch: bool = True  # fetch every listed export, one per download_interval
-
-
-@dataclass(frozen=True, slots=True)
-class RomaInstance:
-    id: str
-    jobs: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RomaConfig:
-    url: str
-    instances: tuple[RomaInstance, ...]
-    project_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class HttpConfig:
     """How fusefs reaches the clouds (API calls and object bodies alike)."""
 
@@ -146,12 +90,35 @@ class MountConfig:
     mount: MountOptions = field(default_factory=MountOptions)
     cache: CacheConfig = field(default_factory=CacheConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
-    enos: EnosConfig | None = None
-    koodrive: KoodriveConfig | None = None
-    iam: IamConfig | None = None
-    iotda: IotdaConfig | None = None
-    roma: RomaConfig | None = None
+    #: every registered section by name, in registry order: its parsed config, None if absent
+    sections: Mapping[str, object | None] = field(default_factory=dict)
     path: Path | None = None  # the file it was loaded from
+
+    def __getattr__(self, name: str) -> Any:
+        """``cfg.enos``: a registered section's config (``None`` when the file has none)."""
+        try:
+            sections = object.__getattribute__(self, "sections")
+        except AttributeError:
+            raise AttributeError(name) from None
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"MountConfig has no section {name!r}")
+
+    def with_section(self, name: str, value: object) -> MountConfig:
+        """A copy with one section replaced (tests, the demo)."""
+        return replace(self, sections={**self.sections, name: value})
+
+
+@dataclass(frozen=True, slots=True)
+class SectionSpec:
+    """A section a provider module owns (``[enos]``) or shares with others (``[iam]``)."""
+
+    name: str
+    parse: Callable[[Section], object]
+    #: for a shared section: what a section that needs it lacks, and the keys to write, as in
+    #: "[iotda] needs IAM credentials: add an [iam] section (url, user, ...)"
+    what: str = ""
+    keys_hint: str = ""
 
 
 # ---- parsing helpers ---------------------------------------------------------------------------
@@ -170,12 +137,12 @@ _UNITS = {
 }
 
 
-class _Section:
+class Section:
     """One TOML table being read: tracks used keys, formats errors as ``[name] key: ...``."""
 
     def __init__(self, name: str, data: object, env: Mapping[str, str], base: Path) -> None:
         if not isinstance(data, dict):
-            raise ConfigError(f"[{name}] must be a table, got {_tname(data)}")
+            raise ConfigError(f"[{name}] must be a table, got {tname(data)}")
         self.name = name
         self.data: dict[str, Any] = data
         self.env = env
@@ -199,7 +166,7 @@ class _Section:
             return default
         v = self.raw(key)
         if not isinstance(v, str):
-            raise self.err(key, f"must be a string, got {_tname(v)}")
+            raise self.err(key, f"must be a string, got {tname(v)}")
         if not v.strip():
             raise self.err(key, "must not be empty")
         return v
@@ -214,7 +181,7 @@ class _Section:
             return default
         v = self.raw(key)
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise self.err(key, f"must be a number, got {_tname(v)}")
+            raise self.err(key, f"must be a number, got {tname(v)}")
         if not math.isfinite(v) or (positive and v <= 0):
             raise self.err(key, f"must be a number > 0, got {v!r}")
         return float(v)
@@ -224,7 +191,7 @@ class _Section:
             return default
         v = self.raw(key)
         if not isinstance(v, bool):
-            raise self.err(key, f"must be true or false, got {_tname(v)}")
+            raise self.err(key, f"must be true or false, got {tname(v)}")
         return v
 
     def size(self, key: str, default: int) -> int:
@@ -243,7 +210,7 @@ class _Section:
                 )
             n = int(float(m.group(1)) * _UNITS[(m.group(2) or "B").lower()])
         else:
-            raise self.err(key, f'must be a size (bytes, or a string like "1MiB"), got {_tname(v)}')
+            raise self.err(key, f'must be a size (bytes, or a string like "1MiB"), got {tname(v)}')
         if n <= 0:
             raise self.err(key, f"must be > 0, got {v!r}")
         return n
@@ -265,7 +232,7 @@ class _Section:
             return ()
         v = self.raw(key)
         if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-            raise self.err(key, f"must be a list of non-empty strings, got {_tname(v)}")
+            raise self.err(key, f"must be a list of non-empty strings, got {tname(v)}")
         if required and not v:
             raise self.err(key, "must name at least one")
         if len(set(v)) != len(v):
@@ -335,7 +302,7 @@ class _Section:
         raise self.err(key, f'missing; add {env_key} = "ENV_VAR" or {file_key} = "PATH"')
 
 
-def _tname(v: object) -> str:
+def tname(v: object) -> str:
     return {
         str: "a string",
         int: "an integer",
@@ -346,7 +313,7 @@ def _tname(v: object) -> str:
     }.get(type(v), type(v).__name__)
 
 
-def _known(section: _Section, keys: set[str]) -> None:
+def known(section: Section, keys: set[str]) -> None:
     """Reject keys outside ``keys`` (the message lists the known ones)."""
     unknown = sorted(set(section.data) - keys)
     if unknown:
@@ -358,8 +325,8 @@ def _known(section: _Section, keys: set[str]) -> None:
 # ---- sections ----------------------------------------------------------------------------------
 
 
-def _mount(s: _Section) -> MountOptions:
-    _known(s, {"request_timeout", "dir_ttl", "log_level", "xattrs"})
+def _mount(s: Section) -> MountOptions:
+    known(s, {"request_timeout", "dir_ttl", "log_level", "xattrs"})
     level = (s.str_("log_level", "info") or "info").lower()
     if level not in LOG_LEVELS:
         raise s.err("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
@@ -371,8 +338,8 @@ def _mount(s: _Section) -> MountOptions:
     )
 
 
-def _cache(s: _Section) -> CacheConfig:
-    _known(s, {"dir", "block_size", "max_size", "min_free_ratio", "memory_budget"})
+def _cache(s: Section) -> CacheConfig:
+    known(s, {"dir", "block_size", "max_size", "min_free_ratio", "memory_budget"})
     d = s.str_("dir", "~/.cache/fusefs") or "~/.cache/fusefs"
     path = Path(os.path.expandvars(os.path.expanduser(d)))
     if not path.is_absolute():
@@ -392,157 +359,8 @@ def _cache(s: _Section) -> CacheConfig:
     return cfg
 
 
-def _enos(s: _Section) -> EnosConfig:
-    _known(
-        s,
-        {"apigw_url", "integration_url", "app_key", "app_key_env", "app_secret_env",
-         "app_secret_file", "app_secret", "orgs"},
-    )  # fmt: skip
-    apigw = s.url("apigw_url")
-    return EnosConfig(
-        apigw_url=apigw,
-        integration_url=s.url("integration_url", apigw),
-        app_key=s.plain_or_env("app_key"),
-        app_secret=s.secret("app_secret"),
-        orgs=s.str_list("orgs"),
-    )
-
-
-def _koodrive(s: _Section) -> KoodriveConfig:
-    _known(
-        s,
-        {"url", "auth", "token_env", "token_file", "token", "app_id", "app_id_env",
-         "app_secret_env", "app_secret_file", "app_secret", "user_id", "user_id_env",
-         "containers"},
-    )  # fmt: skip
-    url = s.url("url")
-    auth = s.str_("auth", "token")
-    if auth not in ("token", "app"):
-        raise s.err("auth", f'must be "token" or "app", got {auth!r}')
-    raw = s.raw("containers")
-    if raw is None:
-        raise s.err("containers", 'missing; add containers = [{ id = "IAAD..." }]')
-    if not isinstance(raw, list) or not raw:
-        raise s.err(
-            "containers", 'must be a non-empty list like [{ id = "IAAD...", group_id = "1" }]'
-        )
-    containers = []
-    for i, c in enumerate(raw):
-        where = f"containers[{i}]"
-        if isinstance(c, str) and c:
-            containers.append(KoodriveContainer(id=c))
-            continue
-        if not isinstance(c, dict):
-            raise s.err(where, f"must be a table {{ id = ..., group_id = ... }}, got {_tname(c)}")
-        extra = sorted(set(c) - {"id", "group_id", "team_type"})
-        if extra:
-            raise s.err(where, f"unknown key {extra[0]!r} (known keys: group_id, id, team_type)")
-        cid = c.get("id")
-        if not isinstance(cid, str) or not cid:
-            raise s.err(where, 'needs id = "<containerId>"')
-        gid = c.get("group_id")
-        if gid is not None and (isinstance(gid, bool) or not isinstance(gid, str | int)):
-            raise s.err(where, f"group_id must be a string, got {_tname(gid)}")
-        tt = c.get("team_type")
-        if tt is not None and (isinstance(tt, bool) or not isinstance(tt, int)):
-            raise s.err(where, f"team_type must be an integer, got {_tname(tt)}")
-        containers.append(
-            KoodriveContainer(
-                id=cid, group_id=None if gid in (None, "") else str(gid), team_type=tt
-            )
-        )
-    if len({c.id for c in containers}) != len(containers):
-        raise s.err("containers", "names a container id twice")
-    if auth == "token":
-        for k in (
-            "app_id",
-            "app_id_env",
-            "user_id",
-            "user_id_env",
-            "app_secret_env",
-            "app_secret_file",
-        ):
-            if s.has(k):
-                raise s.err(k, 'only used with auth = "app"; remove it or set auth = "app"')
-        return KoodriveConfig(
-            url=url, auth="token", containers=tuple(containers), token=s.secret("token")
-        )
-    for k in ("token_env", "token_file"):
-        if s.has(k):
-            raise s.err(k, 'only used with auth = "token"; remove it or set auth = "token"')
-    return KoodriveConfig(
-        url=url,
-        auth="app",
-        containers=tuple(containers),
-        app_id=s.plain_or_env("app_id"),
-        app_secret=s.secret("app_secret"),
-        user_id=s.plain_or_env("user_id"),
-    )
-
-
-def _iam(s: _Section) -> IamConfig:
-    _known(s, {"url", "user", "domain", "project", "password_env", "password_file", "password"})
-    return IamConfig(
-        url=s.url("url", "https://iam.myhuaweicloud.com"),
-        user=s.req_str("user"),
-        domain=s.req_str("domain"),
-        project=s.req_str("project"),
-        password=s.secret("password"),
-    )
-
-
-def _iotda(s: _Section) -> IotdaConfig:
-    _known(
-        s,
-        {
-            "url",
-            "project_id",
-            "instance_id",
-            "resource_type",
-            "download_interval",
-            "background_fetch",
-        },
-    )
-    return IotdaConfig(
-        url=s.url("url"),
-        project_id=s.str_("project_id"),
-        instance_id=s.str_("instance_id"),
-        resource_type=s.str_("resource_type", "BatchTask") or "BatchTask",
-        download_interval=s.float_("download_interval", 30.0, positive=False),
-        background_fetch=s.bool_("background_fetch", True),
-    )
-
-
-def _roma(s: _Section) -> RomaConfig:
-    _known(s, {"url", "project_id", "instances"})
-    raw = s.raw("instances")
-    if raw is None:
-        raise s.err("instances", 'missing; add instances = [{ id = "...", jobs = ["..."] }]')
-    if not isinstance(raw, list) or not raw:
-        raise s.err("instances", 'must be a non-empty list like [{ id = "...", jobs = ["..."] }]')
-    out = []
-    for i, inst in enumerate(raw):
-        where = f"instances[{i}]"
-        if not isinstance(inst, dict):
-            raise s.err(
-                where, f'must be a table {{ id = "...", jobs = [...] }}, got {_tname(inst)}'
-            )
-        extra = sorted(set(inst) - {"id", "jobs"})
-        if extra:
-            raise s.err(where, f"unknown key {extra[0]!r} (known keys: id, jobs)")
-        iid, jobs = inst.get("id"), inst.get("jobs", [])
-        if not isinstance(iid, str) or not iid:
-            raise s.err(where, 'needs id = "<instance id>"')
-        if not isinstance(jobs, list) or not all(isinstance(j, str) and j for j in jobs):
-            raise s.err(where, "jobs must be a list of job id strings")
-        out.append(RomaInstance(id=iid, jobs=tuple(dict.fromkeys(jobs))))
-    if len({i.id for i in out}) != len(out):
-        raise s.err("instances", "names an instance id twice")
-    return RomaConfig(url=s.url("url"), instances=tuple(out), project_id=s.str_("project_id"))
-
-
-def _http(s: _Section) -> HttpConfig:
-    _known(s, {"ca_bundle", "proxy", "connect_timeout", "read_timeout"})
+def _http(s: Section) -> HttpConfig:
+    known(s, {"ca_bundle", "proxy", "connect_timeout", "read_timeout"})
     ca: Path | None = None
     raw = s.str_("ca_bundle")
     if raw:
@@ -562,20 +380,11 @@ def _http(s: _Section) -> HttpConfig:
     )
 
 
-_PARSERS = {
-    "mount": _mount,
-    "cache": _cache,
-    "http": _http,
-    "enos": _enos,
-    "koodrive": _koodrive,
-    "iam": _iam,
-    "iotda": _iotda,
-    "roma": _roma,
-}
+_GENERIC: dict[str, Callable[[Section], Any]] = {"mount": _mount, "cache": _cache, "http": _http}
 
 
-def load_config(path: Path, env: Mapping[str, str] = os.environ) -> MountConfig:
-    """Read and validate the TOML file at ``path``; secrets are looked up in ``env``."""
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at ``path`` (warns when others may read it: it names the secrets)."""
     path = Path(path)
     try:
         st = path.stat()
@@ -592,46 +401,56 @@ def load_config(path: Path, env: Mapping[str, str] = os.environ) -> MountConfig:
             path,
         )
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return parse_config(data, env, base=path.resolve().parent, path=path)
 
 
-def parse_config(
+def parse_sections(
     data: Mapping[str, Any],
-    env: Mapping[str, str] = os.environ,
+    env: Mapping[str, str],
     *,
+    providers: Sequence[tuple[SectionSpec, Sequence[SectionSpec]]],
     base: Path | None = None,
     path: Path | None = None,
 ) -> MountConfig:
-    """Validate an already-parsed TOML document (see :func:`load_config`)."""
-    unknown = sorted(set(data) - set(_PARSERS))
+    """Validate a parsed TOML document against the generic sections and ``providers``: each
+    provider's section with the shared sections it needs (``fusefs.providers.registry``)."""
+    specs: dict[str, SectionSpec] = {}
+    for spec, shared in providers:
+        for s in (*shared, spec):
+            specs.setdefault(s.name, s)
+    known_names = [*_GENERIC, *specs]
+    unknown = sorted(set(data) - set(known_names))
     if unknown:
-        raise ConfigError(f"unknown section [{unknown[0]}] (known sections: {', '.join(_PARSERS)})")
-    base = base or Path.cwd()
-    parsed: dict[str, Any] = {}
-    for name, parser in _PARSERS.items():
-        if name in data:
-            parsed[name] = parser(_Section(name, data[name], env, base))
-    if not any(name in parsed for name in PROVIDER_SECTIONS):
         raise ConfigError(
-            "no provider configured: add at least one of [enos], [koodrive], [iotda], [roma]"
+            f"unknown section [{unknown[0]}] (known sections: {', '.join(known_names)})"
         )
-    for name in ("iotda", "roma"):
-        if name in parsed and "iam" not in parsed:
-            raise ConfigError(
-                f"[{name}] needs IAM credentials: add an [iam] section (url, user, domain, "
-                "project, password_env)"
-            )
+    base = base or Path.cwd()
+    generic: dict[str, Any] = {}
+    for name, parser in _GENERIC.items():
+        if name in data:
+            generic[name] = parser(Section(name, data[name], env, base))
+    sections: dict[str, object | None] = {}
+    for name, spec in specs.items():
+        sections[name] = spec.parse(Section(name, data[name], env, base)) if name in data else None
+    names = [spec.name for spec, _ in providers]
+    if not any(sections.get(name) is not None for name in names):
+        raise ConfigError(
+            "no provider configured: add at least one of "
+            + ", ".join(f"[{name}]" for name in names)
+        )
+    for spec, shared in providers:
+        for need in shared:
+            if sections.get(spec.name) is not None and sections.get(need.name) is None:
+                raise ConfigError(
+                    f"[{spec.name}] needs {need.what}: add an [{need.name}] section "
+                    f"({need.keys_hint})"
+                )
     return MountConfig(
-        mount=parsed.get("mount", MountOptions()),
-        cache=parsed.get("cache", CacheConfig()),
-        http=parsed.get("http", HttpConfig()),
-        enos=parsed.get("enos"),
-        koodrive=parsed.get("koodrive"),
-        iam=parsed.get("iam"),
-        iotda=parsed.get("iotda"),
-        roma=parsed.get("roma"),
+        mount=generic.get("mount", MountOptions()),
+        cache=generic.get("cache", CacheConfig()),
+        http=generic.get("http", HttpConfig()),
+        sections=sections,
         path=path,
     )

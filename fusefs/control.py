@@ -25,7 +25,7 @@ import trio
 
 from fusefs import errors
 from fusefs.providers.base import EntryKind, ProviderError
-from fusefs.vfs.tree import ROOT_INO, to_fs_error
+from fusefs.vfs.tree import ROOT_INO
 
 if TYPE_CHECKING:
     from fusefs.cache.block_cache import BlockCache, CachedObject
@@ -131,10 +131,12 @@ class ControlServer:
                 async for reply in self._dispatch(request):
                     await stream.send_all(json.dumps(reply).encode() + b"\n")
                 await stream.send_all(b'{"end": true}\n')
-            except (errors.FsError, ProviderError, ValueError, KeyError) as exc:
-                log.warning("control request failed: %s", exc)
+            except (errors.FsError, errors.During, ProviderError, ValueError, KeyError) as exc:
+                # a failure of the file system reads as it would through the mount
+                failure = errors.fs_error_for(exc) or exc
+                log.warning("control request failed: %s", failure)
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await stream.send_all(json.dumps({"error": str(exc)}).encode() + b"\n")
+                    await stream.send_all(json.dumps({"error": str(failure)}).encode() + b"\n")
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 log.info("control client went away")
             except Exception:
@@ -189,8 +191,8 @@ class ControlServer:
         """One path's state (the user.fusefs.* xattrs, typed); ``failed`` if it is not there."""
         try:
             node = await self._resolve(rel)
-        except errors.FsError as exc:
-            return {"path": rel, "failed": str(exc)}
+        except (errors.FsError, errors.During) as exc:
+            return {"path": rel, "failed": str(errors.fs_error_for(exc))}
         out: dict[str, Any] = {"path": rel, "kind": node.kind.value, "size": node.size}
         out.update(self.tree.state(node))
         if node.ino == ROOT_INO and self.path is not None:
@@ -257,7 +259,7 @@ class ControlServer:
                     self.cache.set_pinned(obj, True)
                 size = await self.cache.wait_whole(obj)  # after readers, as the background
             except ProviderError as exc:
-                raise to_fs_error(exc, f"fetching {path}") from exc
+                raise errors.During(f"fetching {path}") from exc
             self.tree.learn_size(node, ref, size)
             files_done += 1
             done += size
@@ -280,7 +282,7 @@ class ControlServer:
                     self.cache.set_pinned(obj, True)
                 await self.cache.fetch_all(obj)
             except ProviderError as exc:
-                raise to_fs_error(exc, f"fetching {path}") from exc
+                raise errors.During(f"fetching {path}") from exc
             files_done += 1
             done += node.size or 0
             yield {"file": path, "files_done": files_done, "done": done, "total": total}

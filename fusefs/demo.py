@@ -1,173 +1,26 @@
-"""`fusefs demo`: generate a world, start the emulator, mount it, unmount cleanly on Ctrl-C.
-
-Also the helpers tests use to point a daemon at an emulator: ``demo_config`` writes the config
-and returns the environment holding the secrets (secrets never go into argv or the config).
-"""
+"""`fusefs demo`: generate a world, start the emulator, mount it, unmount cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
-ENV_NAMES = {
-    "enos_key": "FUSEFS_ENOS_APP_KEY",
-    "enos_secret": "FUSEFS_ENOS_APP_SECRET",
-    "koodrive_token": "FUSEFS_KOODRIVE_TOKEN",
-    "iam_password": "FUSEFS_IAM_PASSWORD",
-}
+from fusefs.daemon import START_TIMEOUT, Daemon, StartError, spawn
+from fusefs.testbed import EmulatorProcess, demo_config, start_emulator
 
-
+# IoTDA allows one export download per 30 s; the demo shortens that (emulator and config alike)
+# so that `ls -l` of 20 exports does not take ten minutes.
 DEMO_IOTDA_WINDOW = 2.0
 
-
-def _toml_str(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
-
-
-def demo_config(
-    world_dir: Path,
-    base_url: str,
-    cache_dir: Path,
-    config_path: Path,
-    *,
-    mount: Mapping[str, Any] | None = None,
-    cache: Mapping[str, Any] | None = None,
-    iotda: Mapping[str, Any] | None = None,
-) -> dict[str, str]:
-    """Write a config naming everything in the world; return the env vars with its secrets."""
-    world = json.loads((world_dir / "world.json").read_text())
-    creds = world["credentials"]
-    mount_opts = {"request_timeout": 60.0, "dir_ttl": 60.0, "log_level": "info", **(mount or {})}
-    cache_opts = {"dir": str(cache_dir), "max_size": "4GiB", **(cache or {})}
-
-    def table(opts: Mapping[str, Any]) -> list[str]:
-        return [f"{k} = {json.dumps(v)}" for k, v in opts.items()]
-
-    orgs = ", ".join(_toml_str(o["orgId"]) for o in world["enos"]["orgs"])
-    containers = []
-    for c in world["koodrive"]["containers"]:
-        item = f"{{ id = {_toml_str(c['containerId'])}"
-        if c.get("groupId"):
-            item += f", group_id = {_toml_str(c['groupId'])}"
-        containers.append(item + " }")
-    iam = creds["iam"]
-    roma_instances = []
-    for inst in world["roma"]["instances"]:
-        jobs = ", ".join(_toml_str(j["job_id"]) for j in inst["jobs"])
-        roma_instances.append(f"{{ id = {_toml_str(inst['instanceId'])}, jobs = [{jobs}] }}")
-    lines = [
-        "# written by fusefs demo: the emulator's world, secrets in the environment",
-        "[mount]",
-        *table(mount_opts),
-        "",
-        "[cache]",
-        *table(cache_opts),
-        "",
-        "[enos]",
-        f"apigw_url = {_toml_str(base_url)}",
-        f"app_key_env = {_toml_str(ENV_NAMES['enos_key'])}",
-        f"app_secret_env = {_toml_str(ENV_NAMES['enos_secret'])}",
-        f"orgs = [{orgs}]",
-        "",
-        "[koodrive]",
-        f"url = {_toml_str(base_url)}",
-        'auth = "token"',
-        f"token_env = {_toml_str(ENV_NAMES['koodrive_token'])}",
-        f"containers = [{', '.join(containers)}]",
-        "",
-        "[iam]",
-        f"url = {_toml_str(base_url)}",
-        f"user = {_toml_str(iam['user'])}",
-        f"domain = {_toml_str(iam['domain'])}",
-        f"project = {_toml_str(iam['project'])}",
-        f"password_env = {_toml_str(ENV_NAMES['iam_password'])}",
-        "",
-        "[iotda]",
-        f"url = {_toml_str(base_url)}",
-        f"project_id = {_toml_str(world['iotda']['projectId'])}",
-        f"instance_id = {_toml_str(world['iotda']['instanceId'])}",
-        *table(iotda or {}),
-        "",
-        "[roma]",
-        f"url = {_toml_str(base_url)}",
-        f"project_id = {_toml_str(world['roma']['projectId'])}",
-        f"instances = [{', '.join(roma_instances)}]",
-        "",
-    ]
-    config_path.write_text("\n".join(lines))
-    config_path.chmod(0o600)
-    return {
-        ENV_NAMES["enos_key"]: creds["enos"]["appKey"],
-        ENV_NAMES["enos_secret"]: creds["enos"]["appSecret"],
-        ENV_NAMES["koodrive_token"]: creds["koodrive"]["token"],
-        ENV_NAMES["iam_password"]: iam["password"],
-    }
-
-
-@contextlib.contextmanager
-def running_emulator(
-    world_dir: Path,
-    workdir: Path,
-    *,
-    faults: Path | None = None,
-    log: Path | None = None,
-    port: int = 0,
-) -> Iterator[str]:
-    """Start ``python -m fusefs.emulator`` on 127.0.0.1 (port 0); yield its base URL."""
-    port_file = workdir / "emulator.port"
-    port_file.unlink(missing_ok=True)
-    argv = [
-        sys.executable,
-        "-m",
-        "fusefs.emulator",
-        "--world",
-        str(world_dir),
-        "--host",
-        "127.0.0.1",
-        "--port-file",
-        str(port_file),
-    ]
-    if port:
-        argv += ["--port", str(port)]
-    if faults is not None:
-        argv += ["--faults", str(faults)]
-    out = open(log or workdir / "emulator.log", "ab")  # noqa: SIM115
-    held = _STOPPER.hold()
-    try:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
-        )
-    except BaseException:
-        _STOPPER.release(held, raise_pending=False)
-        out.close()
-        raise
-    try:
-        _STOPPER.release(held)
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None:
-                raise RuntimeError(f"emulator exited with {proc.returncode}; see {out.name}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("emulator did not start within 30 s")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{int(port_file.read_text().strip())}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        out.close()
+_Child = TypeVar("_Child")
 
 
 def _say(text: str, *, err: bool = False) -> None:
@@ -191,9 +44,9 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 class _Stopper:
     """The demo's handler of Ctrl-C, SIGTERM and SIGHUP (the terminal closed): all stop it as
-    Ctrl-C does (KeyboardInterrupt). While a child is being started (``deferred``) a signal is
-    held, and raised by ``check`` once the child's cleanup is in place: a signal in between
-    would leave the child running."""
+    Ctrl-C does (KeyboardInterrupt). While a child is being started (``hold`` to ``release``,
+    see ``_child``) a signal is held, and raised once the child's cleanup is in place: a
+    signal in between would leave the child running."""
 
     def __init__(self) -> None:
         self.armed = True
@@ -221,16 +74,34 @@ class _Stopper:
 _STOPPER = _Stopper()
 
 
+@contextlib.contextmanager
+def _child(start: Callable[[], _Child], stop: Callable[[_Child], object]) -> Iterator[_Child]:
+    """``start()`` a child process with the stop signals held, so that ``stop(child)`` surely
+    runs once it exists; a signal that came meanwhile is raised inside the block."""
+    held = _STOPPER.hold()
+    try:
+        child = start()
+    except BaseException:
+        _STOPPER.release(held, raise_pending=False)
+        raise
+    try:
+        _STOPPER.release(held)
+        yield child
+    finally:
+        stop(child)
+
+
 def run_demo(mountpoint: Path, workdir: Path, *, scale: str = "demo") -> int:
     """Ctrl-C, SIGTERM and SIGHUP all stop the demo the same way: daemon (which unmounts),
-    then the emulator; nothing is left running or mounted."""
+    then the emulator; nothing is left running or mounted. So does ``kill -9`` of the demo:
+    its children get SIGTERM then (``die_with_parent``)."""
     previous = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
     _STOPPER.armed, _STOPPER.pending = True, False
     for s in _STOP_SIGNALS:
         signal.signal(s, _STOPPER)
     try:
         return _run_demo(mountpoint.absolute(), workdir.absolute(), scale)
-    except KeyboardInterrupt:  # before anything was started
+    except KeyboardInterrupt:  # before the daemon was started
         _say("\nfusefs demo: stopped")
         return 0
     finally:
@@ -246,7 +117,6 @@ def _ignore_stop_signals() -> None:
 
 
 def _run_demo(mountpoint: Path, workdir: Path, scale: str) -> int:
-    from fusefs.cli import wait_for_daemon
     from fusefs.mount import MountError, check_mountpoint, mount_state
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -258,61 +128,87 @@ def _run_demo(mountpoint: Path, workdir: Path, scale: str) -> int:
         return 2
     world_dir = workdir / f"world-{scale}"
     ensure_world(world_dir, scale)
-    # IoTDA allows one export download per 30 s; the demo shortens that (emulator and config
-    # alike) so that `ls -l` of 20 exports does not take ten minutes.
+    with _child(functools.partial(_start_emulator, world_dir, workdir), _stop_emulator) as emu:
+        base_url = emu.wait_url()
+        config, env = _write_config(world_dir, base_url, workdir)
+        start_daemon = functools.partial(
+            spawn,
+            config,
+            mountpoint,
+            workdir / "daemon.log",
+            env=env,
+            new_session=True,  # the terminal's signals reach the demo alone
+            die_with_parent=True,
+        )
+        try:
+            with _child(start_daemon, _stop_daemon) as daemon:
+                status = _serve(daemon, base_url, world_dir, config)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP, whenever they come
+            status = 0
+    if mount_state(mountpoint) is not None:
+        _say(f"fusefs: error: {mountpoint} is still mounted: run fusefs unmount", err=True)
+        return 1
+    _say("fusefs demo: stopped; nothing left mounted")
+    return status
+
+
+def _start_emulator(world_dir: Path, workdir: Path) -> EmulatorProcess:
     faults = workdir / "demo-faults.json"
     faults.write_text(json.dumps({"iotda_download_window": DEMO_IOTDA_WINDOW}))
-    status = 0
-    with running_emulator(world_dir, workdir, faults=faults) as base_url:
-        config = workdir / "config.toml"
-        secrets = demo_config(
-            world_dir,
-            base_url,
-            workdir / "cache",
-            config,
-            iotda={"download_interval": DEMO_IOTDA_WINDOW},
-        )
-        env = {**os.environ, **secrets}
-        log_path = workdir / "daemon.log"
-        rfd, wfd = os.pipe()
-        argv = [sys.executable, "-m", "fusefs", "mount", "--foreground", "--config", str(config)]
-        argv += ["--status-fd", str(wfd), str(mountpoint)]
-        held = _STOPPER.hold()
-        try:
-            with open(log_path, "ab") as out:
-                daemon = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=out,
-                    env=env,
-                    start_new_session=True,  # the terminal's signals reach the demo alone
-                    pass_fds=(wfd,),
-                )
-        except BaseException:
-            _STOPPER.release(held, raise_pending=False)
-            os.close(rfd)
-            raise
-        finally:
-            os.close(wfd)
-        try:
-            _STOPPER.release(held)
-            started = wait_for_daemon(daemon, rfd, 60)
-            if not started.mounted:
-                why = started.error or f"see {log_path}"
-                _say(f"fusefs: error: the mount failed: {why}", err=True)
-                return 1
-            for w in started.warnings:
-                _say(f"fusefs demo: warning: {w}", err=True)
-            rel = os.path.relpath(mountpoint)
-            cli = Path(sys.executable).with_name("fusefs")
-            fusefs = os.path.relpath(cli) if cli.exists() else f"{sys.executable} -m fusefs"
-            _say(
-                f"""
+    return start_emulator(world_dir, workdir, faults=faults, die_with_parent=True)
+
+
+def _stop_emulator(emulator: EmulatorProcess) -> None:
+    _ignore_stop_signals()
+    emulator.stop()
+
+
+def _write_config(world_dir: Path, base_url: str, workdir: Path) -> tuple[Path, dict[str, str]]:
+    """The config, and the environment for the daemon (with the secrets)."""
+    config = workdir / "config.toml"
+    secrets = demo_config(
+        world_dir,
+        base_url,
+        workdir / "cache",
+        config,
+        iotda={"download_interval": DEMO_IOTDA_WINDOW},
+    )
+    return config, {**os.environ, **secrets}
+
+
+def _stop_daemon(daemon: Daemon) -> None:
+    _ignore_stop_signals()
+    _say("\nfusefs demo: unmounting ...")
+    daemon.stop()  # SIGTERM: the daemon unmounts, then exits
+
+
+def _serve(daemon: Daemon, base_url: str, world_dir: Path, config: Path) -> int:
+    """Wait for the mount, say how to use it, then wait for the daemon's own end (1): the
+    demo's stop signals end this wait by KeyboardInterrupt."""
+    try:
+        warnings = daemon.wait_ready(START_TIMEOUT)
+    except StartError as exc:
+        _say(f"fusefs: error: the mount failed: {exc}", err=True)
+        return 1
+    for w in warnings:
+        _say(f"fusefs demo: warning: {w}", err=True)
+    _say(_banner(daemon, base_url, world_dir, config))
+    while daemon.poll() is None:
+        time.sleep(0.5)
+    _say(f"fusefs demo: the daemon exited with {daemon.returncode}; see {daemon.log}")
+    return 1
+
+
+def _banner(daemon: Daemon, base_url: str, world_dir: Path, config: Path) -> str:
+    mountpoint = daemon.mountpoint
+    rel = os.path.relpath(mountpoint)
+    cli = Path(sys.executable).with_name("fusefs")
+    fusefs = os.path.relpath(cli) if cli.exists() else f"{sys.executable} -m fusefs"
+    return f"""
 fusefs demo: the emulator listens on {base_url}; its clouds are mounted at {mountpoint}
   world:   {world_dir}   (expected view: {world_dir / "expected"})
   config:  {config}
-  log:     {log_path}
+  log:     {daemon.log}
   (IoTDA's one-download-per-30-s rule is shortened to {DEMO_IOTDA_WINDOW:g} s in the demo)
 
 Try, in another terminal:
@@ -325,27 +221,3 @@ Try, in another terminal:
   unzip -l "$(ls {rel}/iotda/exports/*.zip | head -1)"
 
 Press Ctrl-C (or close this terminal) to unmount and stop."""
-            )
-            while daemon.poll() is None:
-                time.sleep(0.5)
-            _say(f"fusefs demo: the daemon exited with {daemon.returncode}; see {log_path}")
-            status = 1
-        except KeyboardInterrupt:
-            pass  # Ctrl-C, SIGTERM, SIGHUP, whenever they come (also during start-up)
-        finally:
-            _ignore_stop_signals()
-            _say("\nfusefs demo: unmounting ...")
-            if daemon.poll() is None:
-                daemon.send_signal(signal.SIGTERM)  # the daemon unmounts, then exits
-            try:
-                daemon.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
-            if mount_state(mountpoint) is not None and shutil.which("fusermount3"):
-                subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
-    if mount_state(mountpoint) is not None:
-        _say(f"fusefs: error: {mountpoint} is still mounted: run fusefs unmount", err=True)
-        return 1
-    _say("fusefs demo: stopped; nothing left mounted")
-    return status

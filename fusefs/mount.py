@@ -18,6 +18,7 @@ import httpx
 import pyfuse3
 import trio
 
+from fusefs import errors
 from fusefs.cache.block_cache import BlockCache
 from fusefs.cache.store import CacheDirBusy, lock_cache_dir
 from fusefs.config import HttpConfig
@@ -28,6 +29,7 @@ from fusefs.providers.base import ProtocolError, ProviderError, TransientError, 
 from fusefs.providers.offline import OfflineProvider
 from fusefs.providers.registry import build_providers
 from fusefs.vfs.background import BackgroundFetcher
+from fusefs.vfs.fs import Filesystem
 from fusefs.vfs.snapshots import ListingStore
 from fusefs.vfs.tree import VirtualTree
 
@@ -165,9 +167,7 @@ async def check_providers(
 
 
 def _errno_name(exc: ProviderError) -> str:
-    from fusefs.vfs.tree import to_fs_error
-
-    code = to_fs_error(exc, "").errno
+    code = errors.fs_error_for(exc).errno
     return f"{errno.errorcode.get(code, str(code))} ({os.strerror(code)})"
 
 
@@ -421,13 +421,8 @@ async def _run_mount(
         # derived from the mountpoint alone: clients find it without xattrs (control.py)
         background = BackgroundFetcher(tree, cache)  # IoTDA exports, one per window
         control = ControlServer(tree, cache, control_path(mountpoint), background)
-        ops = FuseOperations(
-            tree,
-            cache,
-            request_timeout=cfg.mount.request_timeout,
-            control_path=control.path,
-            xattrs=cfg.mount.xattrs,
-        )
+        fs = Filesystem(tree, cache, control_path=control.path)  # handles, reads, xattrs
+        ops = FuseOperations(fs, request_timeout=cfg.mount.request_timeout, xattrs=cfg.mount.xattrs)
         options = set(pyfuse3.default_options)
         options |= {"fsname=fusefs", "subtype=fusefs", "ro", "noatime"}
         async with trio.open_nursery() as nursery:

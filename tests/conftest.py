@@ -1,21 +1,17 @@
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.mounting import (
-    FAST_IOTDA_WINDOW,
-    SPAWNED_MOUNTS,
-    Emulator,
-    fuse_available,
-    is_mounted,
-)
+from fusefs.daemon import UnmountError, unmount
+from fusefs.testbed import running_emulator
+from tests.helpers.mounting import FAST_IOTDA_WINDOW, SPAWNED_MOUNTS, Emulator, fuse_available
 
 faulthandler.enable()
 
@@ -34,8 +30,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Backstop: lazily unmount what a failed test of this run left mounted (only this run's)."""
     for mnt in SPAWNED_MOUNTS:
-        if is_mounted(mnt):  # dead mounts too
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        with contextlib.suppress(UnmountError):  # not mounted (the usual case), or busy
+            unmount(mnt, lazy=True)
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +45,6 @@ def world_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def emulator(world_tiny: Path, tmp_path: Path) -> Iterator[Emulator]:
-    from fusefs.demo import running_emulator
-
     faults = tmp_path / "faults.json"
     faults.write_text(json.dumps({"iotda_download_window": FAST_IOTDA_WINDOW}))
     with running_emulator(world_tiny, tmp_path, faults=faults) as url:

@@ -19,6 +19,7 @@ Concurrency rules (trio: code between two awaits runs atomically):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -34,7 +35,13 @@ from typing import TYPE_CHECKING
 import trio
 
 from fusefs.cache.store import CORRUPT, BlockKey, BlockStore, ObjectMeta, object_id
-from fusefs.providers.base import ObjectRef, OneShotConsumed, ProtocolError, ProviderError
+from fusefs.providers.base import (
+    ObjectRef,
+    OneShotConsumed,
+    ProtocolError,
+    ProviderError,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from fusefs.providers.base import Provider
@@ -403,8 +410,13 @@ class BlockCache:
             await self._written.wait()
 
     def _spawn(self, fn: Callable[..., object], *args: object, name: str) -> None:
+        """Start a task in the cache's nursery; Unavailable once the mount is shutting down (a
+        read or background fetch that asks then gets an error, not a crash of the daemon)."""
         assert self._nursery is not None, "BlockCache.run() is not running"
-        self._nursery.start_soon(fn, *args, name=name)  # type: ignore[arg-type]
+        try:
+            self._nursery.start_soon(fn, *args, name=name)  # type: ignore[arg-type]
+        except RuntimeError:  # "Nursery is closed to new arrivals": unmounting
+            raise Unavailable("the mount is shutting down", call="cache") from None
 
     # -- objects -----------------------------------------------------------------------------
     def object(self, provider: Provider, ref: ObjectRef, *, remember: bool = True) -> CachedObject:
@@ -536,14 +548,15 @@ class BlockCache:
     def disk_ahead(self, obj: CachedObject, first: int, last: int) -> None:
         """Have the kernel read blocks [first, last] of the cache file into the page cache, in a
         worker thread, so that the reads that follow find them there (no disk wait in line)."""
-        self._spawn(
-            trio.to_thread.run_sync,
-            self.store.advise_willneed,
-            obj.oid,
-            first,
-            last,
-            name=f"disk-ahead {obj.ref.key}[{first}:{last}]",
-        )
+        with contextlib.suppress(Unavailable):  # a hint only
+            self._spawn(
+                trio.to_thread.run_sync,
+                self.store.advise_willneed,
+                obj.oid,
+                first,
+                last,
+                name=f"disk-ahead {obj.ref.key}[{first}:{last}]",
+            )
 
     # -- memory LRU of fresh blocks ----------------------------------------------------------
     def _remember(self, key: BlockKey, data: bytes | bytearray) -> None:
@@ -727,15 +740,21 @@ class BlockCache:
         fetch = _Fetch(obj, start, end, flights)
         if owner is not None:
             self._owned.setdefault(owner, set()).add(fetch)
-        self._spawn(
-            self._fetch_owned,
-            obj,
-            start,
-            end,
-            fetch,
-            owner,
-            name=f"fetch {obj.ref.key}[{start}:{end}]",
-        )
+        try:
+            self._spawn(
+                self._fetch_owned,
+                obj,
+                start,
+                end,
+                fetch,
+                owner,
+                name=f"fetch {obj.ref.key}[{start}:{end}]",
+            )
+        except Unavailable as exc:
+            self._fail(obj, flights, exc)
+            if owner is not None:
+                self._owned.get(owner, set()).discard(fetch)
+            raise
 
     async def _fetch_owned(
         self, obj: CachedObject, start: int, end: int, fetch: _Fetch, owner: Hashable | None
@@ -935,7 +954,13 @@ class BlockCache:
                 return wf
         wf = _WholeFetch()
         self._whole[obj.oid] = wf
-        self._spawn(self._fetch_whole, obj, wf, name=f"fetch-whole {obj.ref.key}")
+        try:
+            self._spawn(self._fetch_whole, obj, wf, name=f"fetch-whole {obj.ref.key}")
+        except Unavailable as exc:
+            del self._whole[obj.oid]
+            wf.error = exc
+            wf.done.set()
+            raise
         return wf
 
     async def wait_whole(self, obj: CachedObject) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import logging
 import time
@@ -69,6 +70,37 @@ async def faults_put(world: World, request: Request) -> Response:
     world.faults.replace(plan)
     log.info("fault plan replaced (merge=%s): %s", merge, plan)
     return json_response(plan.to_json())
+
+
+async def answers(world: World, request: Request) -> Response:
+    """The recorded JSON answers (plan ``record_answers`` > 0) of the routes matching
+    ``?route=`` (a name or fnmatch pattern, default all), oldest first."""
+    pattern = request.query_params.get("route", "*")
+    out = [
+        a
+        for route, q in sorted(world.faults.answers.items())
+        if fnmatch.fnmatchcase(route, pattern)
+        for a in q
+    ]
+    return json_response({"answers": out})
+
+
+async def answers_clear(world: World, request: Request) -> Response:
+    world.faults.answers.clear()
+    return json_response({"ok": True})
+
+
+async def issued_secrets(world: World, request: Request) -> Response:
+    """Everything secret the emulator knows or handed out: the world's credentials, the tokens
+    issued (EnOS, IAM) and the signatures of the presigned links (a leak test greps for them)."""
+    tokens = sorted({*world.enos_tokens, *world.iam_tokens})
+    return json_response(
+        {
+            "credentials": world.credentials,
+            "tokens": tokens,
+            "presign_signatures": sorted(set(world.presigned)),
+        }
+    )
 
 
 async def reset(world: World, request: Request) -> Response:
@@ -248,6 +280,9 @@ def routes(world: World) -> list[Route]:
         Route("/_admin/stats/reset", ep(stats_reset), methods=["POST"]),
         Route("/_admin/faults", ep(faults_get), methods=["GET"]),
         Route("/_admin/faults", ep(faults_put), methods=["PUT"]),
+        Route("/_admin/answers", ep(answers), methods=["GET"]),
+        Route("/_admin/answers", ep(answers_clear), methods=["DELETE"]),
+        Route("/_admin/secrets", ep(issued_secrets), methods=["GET"]),
         Route("/_admin/reset", ep(reset), methods=["POST"]),
         Route("/_admin/enos/files", ep(enos_file), methods=["POST"]),
         Route("/_admin/koodrive/entries", ep(koodrive_entry), methods=["POST"]),

@@ -310,7 +310,9 @@ def presign_url(world: World, base_url: str, path: str, disposition: str) -> str
         ("X-Amz-Expires", str(int(world.faults.plan.presign_expires))),
         ("X-Amz-Credential", f"{OBS_ACCESS_KEY}/{day}/{OBS_REGION}/s3/aws4_request"),
     ]
-    params.append(("X-Amz-Signature", obs_sign(world.secret, full_path, params)))
+    signature = obs_sign(world.secret, full_path, params)
+    world.presigned.append(signature)
+    params.append(("X-Amz-Signature", signature))
     query = "&".join(f"{_uri_encode(k)}={_uri_encode(v)}" for k, v in params)
     return base + path + "?" + query
 

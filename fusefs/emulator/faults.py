@@ -15,8 +15,17 @@ probability ``rate`` (seeded RNG) at most ``count`` times (``None`` = unlimited)
               ``match`` (key: value; the top-level object when ``match`` is empty) gets the
               fields of ``set`` and loses the keys of ``unset``. The string ``"$seq"`` as a value
               of ``set`` becomes ``"seq-<n>"``, a new one each time (a cursor that never ends)
+              ``grow`` ({key: n}) makes the list at ``key`` of those objects ``n`` items long
+              (copies of its items in turn; the string fields named in ``unique`` of each copy
+              get ``~<i>`` appended, the rest stay duplicates): 100,000-entry pages
 ``body``      answer HTTP ``status`` with ``text`` as the body (``content_type``): HTML where
               JSON was due, error bodies with newlines, ...
+``resize``    the body is ``delta`` bytes longer (``fill`` repeated) or shorter (cut at the end),
+              ``Content-Length`` and the end of ``Content-Range`` changed to match: a body
+              longer or shorter than listed
+``headers``   the answer's headers get ``headers`` (name: value); a ``Content-Length`` set
+              here also cuts the body to it (the server never breaks its own framing): lying
+              ``Content-Length`` / ``Content-Range`` / ``Content-Type``
 
 The plan is a plain dataclass, loadable from JSON or TOML and changeable at run time through the
 admin routes (see docs/emulator.md).
@@ -24,6 +33,7 @@ admin routes (see docs/emulator.md).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fnmatch
 import json
@@ -34,7 +44,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RULE_KINDS = ("latency", "error", "throttle", "reset", "truncate", "patch", "body")
+RULE_KINDS = (
+    "latency",
+    "error",
+    "throttle",
+    "reset",
+    "truncate",
+    "patch",
+    "body",
+    "resize",
+    "headers",
+)
 
 
 class FaultPlanError(ValueError):
@@ -54,8 +74,13 @@ class Rule:
     match: dict[str, Any] | None = None  # patch: the objects to change
     set: dict[str, Any] | None = None  # patch: fields to set
     unset: list[str] | None = None  # patch: keys to remove
+    grow: dict[str, int] | None = None  # patch: lists to make this long
+    unique: list[str] | None = None  # patch + grow: string fields made distinct in copies
     text: str = ""  # body: the body to answer
     content_type: str = "text/plain; charset=utf-8"  # body
+    delta: int = 0  # resize: bytes more (> 0) or fewer (< 0) than the real body
+    fill: str = "X"  # resize: what the extra bytes are
+    headers: dict[str, str] | None = None  # headers: set on the answer
 
     def matches(self, route: str) -> bool:
         return self.route == route or fnmatch.fnmatchcase(route, self.route)
@@ -75,6 +100,12 @@ class Rule:
             raise FaultPlanError("rate must be within 0..1")
         if rule.count is not None and rule.count < 0:
             raise FaultPlanError("count must be >= 0")
+        if rule.kind == "resize" and rule.delta > 0 and not rule.fill:
+            raise FaultPlanError("resize: fill must not be empty")
+        if any(
+            not isinstance(n, int) or not 0 <= n <= 1_000_000 for n in (rule.grow or {}).values()
+        ):
+            raise FaultPlanError("grow: lengths must be integers within 0..1000000")
         return rule
 
 
@@ -94,6 +125,7 @@ class FaultPlan:
     enos_range: bool = True
     koodrive_page_limit: int | None = None
     koodrive_empty_every: int = 0
+    record_answers: int = 0  # keep the last N JSON answers of each route (GET /_admin/answers)
     rules: list[Rule] = field(default_factory=list)
 
     # ---- (de)serialisation -------------------------------------------------------------------
@@ -142,6 +174,7 @@ class Decision:
     truncate_after: int | None = None
     patches: tuple[Rule, ...] = ()  # kind patch: applied to the JSON answer, in order
     body: Rule | None = None  # kind body: answered instead of the handler
+    reshape: tuple[Rule, ...] = ()  # kinds resize / headers: applied to the handler's answer
 
 
 def _matches(obj: dict[str, Any], match: dict[str, Any]) -> bool:
@@ -159,6 +192,10 @@ def patch_json(value: Any, rule: Rule, seq: Callable[[], str]) -> int:
             obj[k] = seq() if v == "$seq" else v
         for k in rule.unset or ():
             obj.pop(k, None)
+        for k, n in (rule.grow or {}).items():
+            items = obj.get(k)
+            if isinstance(items, list) and items:
+                obj[k] = grown(items, n, rule.unique or [])
 
     if not rule.match:
         if isinstance(value, dict):
@@ -177,6 +214,22 @@ def patch_json(value: Any, rule: Rule, seq: Callable[[], str]) -> int:
     return changed
 
 
+def grown(items: list[Any], n: int, unique: list[str]) -> list[Any]:
+    """``items`` made ``n`` long with copies of its items in turn (``unique`` fields suffixed)."""
+    out = list(items[:n])
+    i = 0
+    while len(out) < n:
+        item = items[i % len(items)]
+        i += 1
+        if isinstance(item, dict) and unique:
+            item = dict(item)
+            for k in unique:
+                if isinstance(item.get(k), str):
+                    item[k] = f"{item[k]}~{i}"
+        out.append(item)
+    return out
+
+
 class FaultEngine:
     """Applies a :class:`FaultPlan` to requests (holds the RNG and consumes rule counts)."""
 
@@ -184,6 +237,18 @@ class FaultEngine:
         self.plan = plan if plan is not None else FaultPlan()
         self.rng = random.Random(self.plan.seed)
         self._seq = 0
+        # the last JSON answers of each route, when the plan's record_answers > 0 (the handler's
+        # answer, before any patch): what a hostile test mutates
+        self.answers: dict[str, collections.deque[dict[str, Any]]] = {}
+
+    def record(self, route: str, path: str, status: int, content: Any) -> None:
+        keep = self.plan.record_answers
+        if keep <= 0:
+            return
+        q = self.answers.get(route)
+        if q is None or q.maxlen != keep:
+            q = self.answers[route] = collections.deque(q or (), maxlen=keep)
+        q.append({"route": route, "path": path, "status": status, "json": content})
 
     def next_seq(self) -> str:
         self._seq += 1
@@ -209,6 +274,7 @@ class FaultEngine:
         reset_after: int | None = None
         truncate_after: int | None = None
         patches: list[Rule] = []
+        reshape: list[Rule] = []
         body: Rule | None = None
         for rule in self.plan.rules:
             if not rule.matches(route):
@@ -219,6 +285,9 @@ class FaultEngine:
             elif rule.kind == "patch":
                 if self._fires(rule):
                     patches.append(rule)
+            elif rule.kind in ("resize", "headers"):
+                if self._fires(rule):
+                    reshape.append(rule)
             elif body is not None:
                 continue
             elif rule.kind == "body" and status is None and self._fires(rule):
@@ -234,5 +303,12 @@ class FaultEngine:
             elif rule.kind == "truncate" and truncate_after is None and self._fires(rule):
                 truncate_after = rule.after_bytes
         return Decision(
-            latency, status, retry_after, reset_after, truncate_after, tuple(patches), body
+            latency,
+            status,
+            retry_after,
+            reset_after,
+            truncate_after,
+            tuple(patches),
+            body,
+            tuple(reshape),
         )

@@ -7,6 +7,7 @@ ROMA archives, stale snapshots for the index lag, statistics).
 
 from __future__ import annotations
 
+import collections
 import copy
 import hashlib
 import io
@@ -140,6 +141,8 @@ class World:
         self.link_base = link_base
         self.secret = secrets.token_bytes(32)  # signs presigned OBS URLs
         self.stats: dict[str, RouteStats] = {}
+        # signatures of the presigned links handed out (GET /_admin/secrets: a leak test's list)
+        self.presigned: collections.deque[str] = collections.deque(maxlen=10_000)
         self.load()
 
     # ---- loading -----------------------------------------------------------------------------

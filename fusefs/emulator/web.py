@@ -224,8 +224,10 @@ class Instrumented(Response):
         stats: RouteStats,
         reset_after: int | None,
         truncate_after: int | None,
+        reshape: tuple[Rule, ...] = (),
     ) -> None:
         self.inner = inner
+        self.reshape = reshape
         self.status_code = inner.status_code
         self.stats = stats
         self.reset_after = reset_after
@@ -269,16 +271,86 @@ class Instrumented(Response):
             stats.bytes += len(body)
             await send(message)
 
+        inner_send = reshaped(wrapped, self.reshape) if self.reshape else wrapped
         try:
-            await self.inner(scope, receive, wrapped)
+            await self.inner(scope, receive, inner_send)
         except ConnectionAborted:
             raise
         except RuntimeError as exc:  # server refuses a short body: the connection is closed
-            if not done:
+            if not done and not self.reshape:
                 raise
             log.debug("truncated response closed by the server: %s", exc)
         finally:
             stats.leave()
+
+
+_CONTENT_RANGE = re.compile(rb"^\s*bytes\s+(\d+)-(\d+)/(\S+)\s*$", re.IGNORECASE)
+
+
+def reshaped(send: Send, rules: tuple[Rule, ...]) -> Send:
+    """A ``send`` that applies ``resize`` / ``headers`` rules to the answer going through it.
+
+    The declared ``Content-Length`` and the bytes sent always agree (the lie is about the
+    object, not the HTTP framing): ``resize`` changes both, a ``Content-Length`` set by
+    ``headers`` cuts the body to it; a body shorter than a declared length closes early.
+    """
+    delta = sum(r.delta for r in rules if r.kind == "resize")
+    fill = next((r.fill for r in rules if r.kind == "resize" and r.delta > 0), "X").encode()
+    extra = {
+        k.lower(): v for r in rules if r.kind == "headers" for k, v in (r.headers or {}).items()
+    }
+    limit: int | None = None
+    sent = 0
+    done = False
+
+    async def out(message: Message) -> None:
+        nonlocal limit, sent, done
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", [])]
+            length = next((int(v) for k, v in headers if k.lower() == b"content-length"), None)
+            if length is not None and delta:
+                limit = max(0, length + delta)
+                headers = [
+                    (k, str(limit).encode()) if k.lower() == b"content-length" else (k, v)
+                    for k, v in headers
+                ]
+                for i, (k, v) in enumerate(headers):
+                    m = _CONTENT_RANGE.match(v) if k.lower() == b"content-range" else None
+                    if m is not None:
+                        first = int(m.group(1))
+                        end = first + limit - 1
+                        headers[i] = (k, b"bytes %d-%d/%s" % (first, end, m.group(3)))
+            if "content-length" in extra:
+                try:
+                    limit = max(0, int(extra["content-length"]))
+                except ValueError:
+                    limit = None  # a non-numeric length is sent as is; the body unchanged
+            names = {k.encode() for k in extra}
+            headers = [(k, v) for k, v in headers if k.lower() not in names]
+            headers += [(k.encode(), v.encode("latin-1", "replace")) for k, v in extra.items()]
+            await send({**message, "headers": headers})
+            return
+        if message["type"] != "http.response.body" or done:
+            return
+        body: bytes = message.get("body", b"")
+        more = bool(message.get("more_body", False))
+        if limit is not None:
+            body = body[: max(0, limit - sent)]
+        sent += len(body)
+        if limit is not None and sent >= limit:
+            if delta > 0 and not more:
+                pass  # the real body ended: the fill below makes up the rest
+            else:
+                more = False
+        if not more:
+            if limit is not None and sent < limit and delta > 0:
+                pad = limit - sent
+                body += (fill * (pad // len(fill) + 1))[:pad]
+                sent = limit
+            done = True
+        await send({"type": "http.response.body", "body": body, "more_body": more})
+
+    return out
 
 
 def _patched(resp: JSONResponse, rules: tuple[Rule, ...], seq: Callable[[], str]) -> Response:
@@ -315,6 +387,13 @@ def endpoint(world: World, name: str | Callable[[Request], str], handler: Handle
                 resp = fault_response(route, decision.status, decision.retry_after)
             else:
                 resp = await handler(request)
+                if world.faults.plan.record_answers > 0 and isinstance(resp, JSONResponse):
+                    world.faults.record(
+                        route,
+                        request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+                        resp.status_code,
+                        json.loads(bytes(resp.body)),
+                    )
                 if decision.patches and isinstance(resp, JSONResponse):
                     resp = _patched(resp, decision.patches, world.faults.next_seq)
         except BaseException:
@@ -324,7 +403,9 @@ def endpoint(world: World, name: str | Callable[[Request], str], handler: Handle
             _request_id.reset(reset)
         if rid is not None:
             resp.headers["X-Request-Id"] = rid
-        return Instrumented(resp, stats, decision.reset_after, decision.truncate_after)
+        return Instrumented(
+            resp, stats, decision.reset_after, decision.truncate_after, decision.reshape
+        )
 
     return run
 

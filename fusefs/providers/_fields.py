@@ -16,9 +16,9 @@ import logging
 import math
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from fusefs.logs import excerpt
-from fusefs.providers._iam import parse_iso
 from fusefs.providers.base import ProtocolError
 
 #: The largest size a file can have (``off_t`` is a signed 64-bit integer).
@@ -105,6 +105,22 @@ def ident(obj: Mapping[str, object], key: str) -> str:
 
 def _ns_in_range(ns: int) -> int | None:
     return ns if 0 <= ns <= MAX_TIME_NS else None
+
+
+def parse_iso(value: object) -> float | None:
+    """ISO-8601 (``2020-01-04T09:05:22.701000Z``) → epoch seconds; ``None`` if not parseable."""
+    if not isinstance(value, str) or not value:
+        return None
+    raw = value.strip()
+    if raw.endswith(("Z", "z")):
+        raw = raw[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
 
 
 def iso_time_ns(value: object) -> int | None:

@@ -187,14 +187,26 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def start_download(
-    stack: AsyncExitStack, client: httpx.AsyncClient, url: str, headers: dict[str, str], call: str
+    stack: AsyncExitStack,
+    client: httpx.AsyncClient,
+    url: str,
+    headers: Mapping[str, str],
+    call: str,
+    *,
+    auth: httpx.Auth | None = None,
 ) -> httpx.Response:
     """GET ``url`` as a stream: a 200 stays open in ``stack`` for the caller to read; any other
-    answer is read whole and closed, for the caller to classify. Network errors are mapped."""
+    answer is read whole and closed, for the caller to classify. Network errors are mapped;
+    ``auth`` (a ``TokenAuth``) sets the credentials and renews them once if rejected."""
     log.debug("%s: GET %s", call, url)
     with map_http_errors(call):
         resp = await stack.enter_async_context(
-            client.stream("GET", url, headers={**headers, **DOWNLOAD_HEADERS})
+            client.stream(
+                "GET",
+                url,
+                headers={**headers, **DOWNLOAD_HEADERS},
+                auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
+            )
         )
         if resp.status_code != 200:
             await resp.aread()
@@ -208,6 +220,117 @@ class _Stale(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
+
+
+@dataclass(slots=True)
+class _Resume:
+    """One resumable download's progress: the byte reached and the failures in a row."""
+
+    call: str
+    pos: int
+    end: int | None  # exclusive; None: to the end of the object
+    expected_size: int | None
+    policy: RetryPolicy
+    failures: int = 0  # attempts in a row without progress
+    stale_in_a_row: int = 0  # rejected targets in a row
+    stale: bool = False  # the last target was rejected: ask for a fresh one
+
+    def progressed(self, n: int) -> None:
+        self.pos += n
+        self.failures = 0
+        self.stale_in_a_row = 0
+
+    def check_size(self, total: int | None) -> None:
+        """The size the server reports is the listed size, or the object changed."""
+        if self.expected_size is not None and total is not None and total != self.expected_size:
+            raise VersionMismatch(
+                f"object is now {total} bytes, was listed with {self.expected_size}",
+                call=self.call,
+            )
+
+    async def failed(self, exc: Exception, progressed: bool) -> None:
+        """After a failed attempt: refresh the target, or back off, or raise the final error."""
+        if isinstance(exc, _Stale):
+            self.stale_in_a_row += 1
+            _refresh_or_raise(exc, self.stale_in_a_row, self.call, self.pos)
+            self.stale = True
+            return
+        assert isinstance(exc, TransientError)
+        if not progressed:
+            self.failures += 1
+        await _backoff(exc, self.call, self.pos, self.failures, self.policy)
+
+
+def _range_headers(target: Target, pos: int, end: int | None) -> dict[str, str]:
+    headers = {**target.headers, **DOWNLOAD_HEADERS}
+    headers["Range"] = f"bytes={pos}-" if end is None else f"bytes={pos}-{end - 1}"
+    return headers
+
+
+async def _range_start(
+    resp: httpx.Response,
+    r: _Resume,
+    is_stale: Callable[[httpx.Response], bool],
+    classify: Classify | None,
+) -> tuple[int | None, int] | None:
+    """Check the head of an answer: ``(total size if known, bytes to skip)``, ``None`` when
+    nothing is left to read; a rejected target raises ``_Stale``, other errors their class."""
+    if resp.status_code == 206:
+        cr = content_range(resp.headers.get("content-range"))
+        if cr is None or cr[0] != r.pos:
+            raise ProtocolError(
+                f"206 with Content-Range {resp.headers.get('content-range')!r} "
+                f"for a request from byte {r.pos}",
+                call=r.call,
+            )
+        return cr[2], 0
+    if resp.status_code == 200:
+        cl = resp.headers.get("content-length")
+        if r.pos:
+            log.debug("%s: server ignored Range; skipping %d bytes", r.call, r.pos)
+        return (int(cl) if cl and cl.isascii() and cl.isdigit() else None), r.pos
+    if resp.status_code == 416 and r.end is None and r.pos > 0:
+        return None  # asked from the very end of an object of unknown size: nothing left
+    await resp.aread()
+    if is_stale(resp):
+        raise _Stale(resp.status_code)
+    err = classify(resp, r.call) if classify else None
+    raise err or error_for_status(resp.status_code, r.call, short_body(resp.content), resp.headers)
+
+
+async def _range_body(
+    resp: httpx.Response,
+    r: _Resume,
+    is_stale: Callable[[httpx.Response], bool],
+    json_error: Callable[[bytes], ProviderError | None] | None,
+) -> AsyncIterator[bytes]:
+    """The body's chunks as they come off the socket (no re-chunking copy in httpx); a JSON
+    answer where bytes were expected is an API error envelope served with 200 (EnOS) first."""
+    if json_error is None or not is_json(resp):
+        return resp.aiter_bytes()
+    await resp.aread()
+    if is_stale(resp):  # the envelope says the credentials were rejected
+        raise _Stale(resp.status_code)
+    err = json_error(resp.content)
+    if err is not None:
+        raise err
+    return _one(resp.content)
+
+
+def _range_ended(r: _Resume, total: int | None, skip: int) -> None:
+    """The body ended before the range did: resume (TransientError) unless the object is
+    shorter than what was asked (ProtocolError)."""
+    if r.end is None:
+        if total is not None and r.pos < total:
+            raise TransientError(f"body ended at byte {r.pos} of {total}", call=r.call)
+        return
+    if not skip and r.pos >= r.end:
+        return
+    if total is not None and total <= r.pos:
+        raise ProtocolError(
+            f"object ends at byte {total}, before the requested end {r.end}", call=r.call
+        )
+    raise TransientError(f"body ended at byte {r.pos}, wanted {r.end}", call=r.call)
 
 
 async def stream_range(
@@ -238,102 +361,43 @@ async def stream_range(
     end = None if length is None else offset + length  # exclusive
     if expected_size is not None:
         end = expected_size if end is None else min(end, expected_size)
-    pos = offset
-    failures = 0
-    stale_in_a_row = 0
-    stale = False
-    stale_check = is_stale or (lambda r: r.status_code in (401, 403))
-    while end is None or pos < end:
-        target = await get_target(stale)
-        stale = False
-        headers = dict(target.headers)
-        headers.update(DOWNLOAD_HEADERS)
-        headers["Range"] = f"bytes={pos}-" if end is None else f"bytes={pos}-{end - 1}"
-        progressed = False
+    r = _Resume(call, offset, end, expected_size, policy)
+    stale_check = is_stale or (lambda resp: resp.status_code in (401, 403))
+    while r.end is None or r.pos < r.end:
+        target = await get_target(r.stale)
+        r.stale = False
+        headers = _range_headers(target, r.pos, r.end)
+        start = r.pos
         try:
             with map_http_errors(call):
                 async with client.stream(
                     "GET", target.url, params=target.params, headers=headers
                 ) as resp:
                     log.debug("%s: GET %s -> %d", call, headers["Range"], resp.status_code)
-                    if resp.status_code == 206:
-                        cr = content_range(resp.headers.get("content-range"))
-                        if cr is None or cr[0] != pos:
-                            raise ProtocolError(
-                                f"206 with Content-Range {resp.headers.get('content-range')!r} "
-                                f"for a request from byte {pos}",
-                                call=call,
-                            )
-                        total = cr[2]
-                        skip = 0
-                    elif resp.status_code == 200:
-                        cl = resp.headers.get("content-length")
-                        total = int(cl) if cl and cl.isascii() and cl.isdigit() else None
-                        skip = pos
-                        if pos:
-                            log.debug("%s: server ignored Range; skipping %d bytes", call, pos)
-                    elif resp.status_code == 416 and end is None and pos > 0:
-                        # asked from the very end of an object of unknown size: nothing left
+                    head = await _range_start(resp, r, stale_check, classify)
+                    if head is None:
                         return
-                    else:
-                        await resp.aread()
-                        if stale_check(resp):
-                            raise _Stale(resp.status_code)
-                        err = classify(resp, call) if classify else None
-                        raise err or error_for_status(
-                            resp.status_code, call, short_body(resp.content), resp.headers
-                        )
-                    if expected_size is not None and total is not None and total != expected_size:
-                        raise VersionMismatch(
-                            f"object is now {total} bytes, was listed with {expected_size}",
-                            call=call,
-                        )
-                    # chunks as they come off the socket: no re-chunking copy in httpx
-                    body: AsyncIterator[bytes] = resp.aiter_bytes()
-                    if json_error is not None and is_json(resp):
-                        # an API error envelope served with 200 (EnOS): read it and look
-                        await resp.aread()
-                        err = json_error(resp.content)
-                        if err is not None:
-                            raise err
-                        body = _one(resp.content)
-                    async for chunk in body:
+                    total, skip = head
+                    r.check_size(total)
+                    async for chunk in await _range_body(resp, r, stale_check, json_error):
                         if skip:
                             if len(chunk) <= skip:
                                 skip -= len(chunk)
                                 continue
                             chunk = chunk[skip:]
                             skip = 0
-                        if end is not None and pos + len(chunk) > end:
-                            chunk = chunk[: end - pos]
+                        if r.end is not None and r.pos + len(chunk) > r.end:
+                            chunk = chunk[: r.end - r.pos]
                         if not chunk:
                             continue
-                        pos += len(chunk)
-                        progressed = True
-                        failures = 0
-                        stale_in_a_row = 0
+                        r.progressed(len(chunk))
                         yield chunk
-                        if end is not None and pos >= end:
+                        if r.end is not None and r.pos >= r.end:
                             return
-                    if end is None:
-                        if total is not None and pos < total:
-                            raise TransientError(f"body ended at byte {pos} of {total}", call=call)
-                        return
-                    if skip or pos < end:
-                        if total is not None and total <= pos:
-                            raise ProtocolError(
-                                f"object ends at byte {total}, before the requested end {end}",
-                                call=call,
-                            )
-                        raise TransientError(f"body ended at byte {pos}, wanted {end}", call=call)
-        except _Stale as exc:
-            stale_in_a_row += 1
-            _refresh_or_raise(exc, stale_in_a_row, call, pos)
-            stale = True
-        except TransientError as exc:
-            if not progressed:
-                failures += 1
-            await _backoff(exc, call, pos, failures, policy)
+                    _range_ended(r, total, skip)
+                    return
+        except (_Stale, TransientError) as exc:
+            await r.failed(exc, r.pos > start)
 
 
 async def download_range(
@@ -358,16 +422,13 @@ async def download_range(
     end = offset + length
     if expected_size is not None:
         end = min(end, expected_size)
-    pos = offset
-    failures = 0
-    stale_in_a_row = 0
-    stale = False
-    stale_check = is_stale or (lambda r: r.status_code in (401, 403))
-    while pos < end:
-        target = await get_target(stale)
-        stale = False
+    r = _Resume(call, offset, end, expected_size, policy)
+    stale_check = is_stale or (lambda resp: resp.status_code in (401, 403))
+    while r.pos < end:
+        target = await get_target(r.stale)
+        r.stale = False
         attempt = Attempt()
-        progressed = False
+        start = r.pos
         try:
             try:
                 answer = await trio.to_thread.run_sync(
@@ -375,7 +436,7 @@ async def download_range(
                     target.url,
                     target.params,
                     dict(target.headers),
-                    pos,
+                    r.pos,
                     end,
                     sink,
                     attempt,
@@ -386,18 +447,15 @@ async def download_range(
             except BaseException:
                 attempt.stop()  # cancelled: the thread stops at its next receive
                 raise
-            log.debug("%s: GET bytes=%d-%d -> %d", call, pos, end - 1, answer.status)
+            log.debug("%s: GET bytes=%d-%d -> %d", call, r.pos, end - 1, answer.status)
             if answer.bad_range:
                 raise ProtocolError(
                     f"206 with Content-Range {answer.headers.get('content-range')!r} "
-                    f"for a request from byte {pos}",
+                    f"for a request from byte {r.pos}",
                     call=call,
                 )
             if answer.received:
-                pos += answer.received
-                progressed = True
-                failures = 0
-                stale_in_a_row = 0
+                r.progressed(answer.received)
             if answer.status in (200, 206) and not answer.body:
                 if answer.status == 206:
                     cr = content_range(answer.headers.get("content-range"))
@@ -405,46 +463,44 @@ async def download_range(
                 else:
                     cl = answer.headers.get("content-length", "")
                     total = int(cl) if cl.isascii() and cl.isdigit() else None
-                if expected_size is not None and total is not None and total != expected_size:
-                    raise VersionMismatch(
-                        f"object is now {total} bytes, was listed with {expected_size}",
-                        call=call,
-                    )
-                if pos >= end:
+                r.check_size(total)
+                if r.pos >= end:
                     return
-                if total is not None and total <= pos:
+                if total is not None and total <= r.pos:
                     raise ProtocolError(
                         f"object ends at byte {total}, before the requested end {end}", call=call
                     )
-                raise TransientError(f"body ended at byte {pos}, wanted {end}", call=call)
+                raise TransientError(f"body ended at byte {r.pos}, wanted {end}", call=call)
             resp = httpx.Response(answer.status, headers=answer.headers, content=answer.body)
             if answer.status in (200, 206):  # a JSON answer: an error envelope, or JSON bytes
+                if stale_check(resp):  # the envelope says the credentials were rejected
+                    raise _Stale(answer.status)
                 err = json_error(answer.body) if json_error is not None else None
                 if err is not None:
                     raise err
                 if answer.status == 206:
                     cr = content_range(answer.headers.get("content-range"))
-                    if cr is None or cr[0] != pos:
+                    if cr is None or cr[0] != r.pos:
                         raise ProtocolError(
                             f"206 with Content-Range {answer.headers.get('content-range')!r} "
-                            f"for a request from byte {pos}",
+                            f"for a request from byte {r.pos}",
                             call=call,
                         )
                     data = memoryview(answer.body)
                 else:
-                    data = memoryview(answer.body)[pos:]
-                data = data[: end - pos]
+                    data = memoryview(answer.body)[r.pos :]
+                data = data[: end - r.pos]
                 if len(answer.body) >= MAX_JSON_BODY:
                     raise ProtocolError("JSON body too large to check", call=call)
                 while data:
-                    view = sink.buffer(pos)
+                    view = sink.buffer(r.pos)
                     n = min(len(view), len(data))
                     view[:n] = data[:n]
-                    await trio.to_thread.run_sync(sink.received, pos, n)
-                    pos += n
+                    await trio.to_thread.run_sync(sink.received, r.pos, n)
+                    r.pos += n
                     data = data[n:]
-                if pos < end:
-                    raise TransientError(f"body ended at byte {pos}, wanted {end}", call=call)
+                if r.pos < end:
+                    raise TransientError(f"body ended at byte {r.pos}, wanted {end}", call=call)
                 return
             if stale_check(resp):
                 raise _Stale(answer.status)
@@ -452,23 +508,15 @@ async def download_range(
             raise err or error_for_status(
                 answer.status, call, short_body(answer.body), answer.headers
             )
-        except _Stale as exc:
-            stale_in_a_row += 1
-            _refresh_or_raise(exc, stale_in_a_row, call, pos)
-            stale = True
+        except (_Stale, TransientError) as exc:
+            await r.failed(exc, r.pos > start)
         except (OSError, http.client.HTTPException) as exc:
-            if not progressed:
-                failures += 1
             transient: TransientError = (
                 Unavailable(f"cannot connect: {exc}", call=call)
                 if isinstance(exc, ConnectionRefusedError | socket.gaierror | ssl.SSLError)
                 else TransientError(f"{type(exc).__name__}: {exc}", call=call)
             )
-            await _backoff(transient, call, pos, failures, policy)
-        except TransientError as exc:
-            if not progressed:
-                failures += 1
-            await _backoff(exc, call, pos, failures, policy)
+            await r.failed(transient, r.pos > start)
         except ValueError as exc:  # a URL http.client cannot use
             raise ProtocolError(f"bad download URL: {exc}", call=call) from None
 

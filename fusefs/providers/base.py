@@ -1,6 +1,6 @@
 """The provider contract: what the virtual tree and the block cache need from a cloud API.
 
-Exception tree (providers raise these; ``fusefs.vfs`` converts them to ``FsError``)::
+Exception tree (providers raise these; ``errors.fs_error_for`` converts them to ``FsError``)::
 
     ProviderError
       ObjectNotFound      the object or folder is gone (404, 99404, 13000309, IOTDA.014802, ...)
@@ -63,9 +63,14 @@ class ObjectRef:
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     ranged_reads: bool = True  # False: fetch whole, streaming, never with Range
-    size_known: bool = True  # False: size learnt from the first whole fetch
+    # False: listings give no size (RemoteEntry.size is None), learnt from the first whole
+    # fetch. fusefs itself goes by ``RemoteEntry.size is None``; this states it for a provider
+    # as a whole (the contract tests and the test fakes use it)
+    size_known: bool = True
     one_shot: bool = False  # True: can be downloaded once only -> pin, never evict
-    max_concurrency: int = 4  # concurrent downloads this provider tolerates
+    # the cross-file read-ahead's downloads at once (vfs/sequence.py), and its first window;
+    # a reader's own reads come on top and are not held back by it
+    max_concurrency: int = 4
     # > 0: at most one whole download per this many seconds (IoTDA): an unknown size is shown
     # as 0 (user.fusefs.size_known=0) instead of being waited for; see providers/window.py
     download_interval: float = 0.0

@@ -28,8 +28,10 @@ from typing import Any
 import httpx
 import trio
 
+from fusefs.config import Secret, Section, SectionSpec, known
 from fusefs.logs import excerpt
 from fusefs.providers import _fields as fields
+from fusefs.providers._auth import TokenAuth
 from fusefs.providers._bulk import BulkClient
 from fusefs.providers._fields import ListingBudget, SkipLog, describe_item
 from fusefs.providers._http import (
@@ -45,6 +47,7 @@ from fusefs.providers._http import (
     short_body,
     stream_range,
 )
+from fusefs.providers._spec import BuildContext, ProviderSpec
 from fusefs.providers.base import (
     AuthError,
     Capabilities,
@@ -56,7 +59,6 @@ from fusefs.providers.base import (
     RangeSink,
     RemoteEntry,
     TransientError,
-    VersionMismatch,
 )
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,24 @@ def envelope_error(env: object, call: str, status: int = 200) -> ProviderError |
     return ProtocolError(msg, call=call)
 
 
+def _envelope(resp: httpx.Response) -> Any:
+    """The JSON body of an answer (``None`` when it is not JSON)."""
+    if is_json(resp) or resp.content[:1] == b"{":
+        try:
+            return resp.json()
+        except ValueError:
+            return None
+    return None
+
+
+def token_rejected(resp: httpx.Response) -> bool:
+    """The gateway refused the token: HTTP 401, or an envelope code 401/1203 (even in a 200)."""
+    if resp.status_code == 401:
+        return True
+    env = _envelope(resp)
+    return isinstance(env, dict) and env.get("code") in TOKEN_EXPIRED_CODES
+
+
 class EnosAuth:
     """The ``apim-accesstoken``: fetched, cached, refreshed 10 min early; one refresh at a time."""
 
@@ -161,11 +181,17 @@ class EnosAuth:
                 "enos.token.get", lambda: self._fetch("get", None), policy=self._retry
             )
 
-    async def invalidate(self, bad: str) -> None:
+    async def invalidate(self, bad: str) -> bool:
         """The gateway rejected ``bad``: the next ``token()`` does a fresh get (once for many)."""
         async with self._lock:
             if self._token == bad:
                 self._token = None
+        return True
+
+    def headers(self, token: str, request: httpx.Request) -> dict[str, str]:
+        """The ``apim-*`` headers of ``request`` (its query and body are signed)."""
+        params = dict(request.url.params.multi_items())
+        return self.sign(token, params, request.content)
 
     def sign(self, token: str, params: Mapping[str, str], body: bytes) -> dict[str, str]:
         """``apim-*`` headers: sha256(token + sorted params + body + timestamp + secret)."""
@@ -271,6 +297,9 @@ class EnosProvider:
         self.auth = EnosAuth(
             client, apigw_url, app_key, app_secret, clock=clock, retry_policy=retry_policy
         )
+        # every call: the access token, signed; a fresh one after a rejection (a 401, or a 200
+        # envelope whose code says the token expired)
+        self._auth = TokenAuth(self.auth, self.auth.headers, token_rejected, check_ok_body=True)
         self._org_info: dict[str, _OrgInfo] = {}
         self._models: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -278,6 +307,8 @@ class EnosProvider:
         return f"EnosProvider(apigw={self._apigw!r}, orgs={self._orgs!r})"
 
     def describe(self, ref: ObjectRef) -> dict[str, str]:
+        """Nothing live per object: every download is signed on the spot, by file URI or
+        firmware id, so no link expires (KooDrive's do)."""
         return {}
 
     async def check_auth(self) -> None:
@@ -297,52 +328,40 @@ class EnosProvider:
         params: dict[str, str],
         body: object = None,
     ) -> dict[str, Any]:
-        """One envelope call: token, signature, one fresh token after a 401, retries."""
+        """One envelope call: ``_request`` (token, signature, one fresh token after a
+        rejection) then ``_parse`` (the envelope); transient failures retried."""
         content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
 
         async def once() -> dict[str, Any]:
-            for attempt in (1, 2):
-                token = await self.auth.token()
-                headers = self.auth.sign(token, params, content)
-                if body is not None:
-                    headers["Content-Type"] = "application/json;charset=UTF-8"
-                log.debug("%s: %s %s %s", call, method, url, params.get("action", ""))
-                with map_http_errors(call):
-                    resp = await self._client.request(
-                        method, url, params=params, content=content or None, headers=headers
-                    )
-                env: Any = None
-                if is_json(resp) or resp.content[:1] == b"{":
-                    try:
-                        env = resp.json()
-                    except ValueError:
-                        env = None
-                expired = resp.status_code == 401 or (
-                    isinstance(env, dict) and env.get("code") in TOKEN_EXPIRED_CODES
-                )
-                if expired:
-                    if attempt == 1:
-                        log.warning("%s: token rejected; getting a new one and retrying", call)
-                        await self.auth.invalidate(token)
-                        continue
-                    raise AuthError("token rejected even after a fresh one", call=call)
-                if resp.status_code in (408, 429) or resp.status_code >= 500:
-                    raise error_for_status(
-                        resp.status_code, call, short_body(resp.content), resp.headers
-                    )
-                err = envelope_error(env, call, resp.status_code)
-                if err is not None:
-                    raise err
-                if resp.status_code != 200:
-                    raise error_for_status(
-                        resp.status_code, call, short_body(resp.content), resp.headers
-                    )
-                if not isinstance(env, dict):
-                    raise ProtocolError("answer is not a JSON envelope", call=call)
-                return env
-            raise AssertionError("unreachable")  # pragma: no cover
+            return self._parse(call, await self._request(call, method, url, params, content))
 
         return await retry(call, once, policy=self._retry)
+
+    async def _request(
+        self, call: str, method: str, url: str, params: dict[str, str], content: bytes
+    ) -> httpx.Response:
+        headers = {"Content-Type": "application/json;charset=UTF-8"} if content else {}
+        log.debug("%s: %s %s %s", call, method, url, params.get("action", ""))
+        with map_http_errors(call):
+            return await self._client.request(
+                method, url, params=params, content=content or None, headers=headers,
+                auth=self._auth,
+            )  # fmt: skip
+
+    def _parse(self, call: str, resp: httpx.Response) -> dict[str, Any]:
+        if self._auth.is_rejected(resp):
+            raise AuthError("token rejected even after a fresh one", call=call)
+        if resp.status_code in (408, 429) or resp.status_code >= 500:
+            raise error_for_status(resp.status_code, call, short_body(resp.content), resp.headers)
+        env = _envelope(resp)
+        err = envelope_error(env, call, resp.status_code)
+        if err is not None:
+            raise err
+        if resp.status_code != 200:
+            raise error_for_status(resp.status_code, call, short_body(resp.content), resp.headers)
+        if not isinstance(env, dict):
+            raise ProtocolError("answer is not a JSON envelope", call=call)
+        return env
 
     async def _paged(
         self, call: str, url: str, org: str, action: str, body: dict[str, object], page_size: int
@@ -753,38 +772,6 @@ class EnosProvider:
             raise ObjectNotFound(f"not an EnOS file key: {key!r}", call="enos.open")
         return kind, parts[0], parts[1], parts[2]
 
-    async def get_firmware(self, org: str, firmware_id: str) -> dict[str, Any]:
-        """Get Firmware File (``ota-firmwares?action=get``): one firmware's FirmwareInfo."""
-        env = await self._api(
-            "enos.getFirmware",
-            "GET",
-            f"{self._apigw}/connect-service/v2.1/ota-firmwares",
-            {"action": "get", "orgId": org, "firmwareId": firmware_id},
-        )
-        data = env.get("data")
-        if not isinstance(data, dict):
-            raise ObjectNotFound(f"firmware {firmware_id} not found", call="enos.getFirmware")
-        return data
-
-    async def check_version(self, ref: ObjectRef) -> None:
-        """Raise ``VersionMismatch``/``ObjectNotFound`` if ``ref`` no longer names the bytes."""
-        kind, org, asset, ident = self._parse_file_key(ref.key)
-        if kind == "fw":
-            current = self._firmware_entry(org, asset, await self.get_firmware(org, ident))
-        else:
-            info = await self._file_info(org, asset, ident)
-            if info is None:
-                raise ObjectNotFound(f"{ident} is gone", call="enos.getFileInfo")
-            md5 = info.get("md5")
-            current_version = md5 if isinstance(md5, str) and md5 else None
-            if current_version is None:
-                current_version = f"{ident}@{info.get('createTime')}"
-            if current_version != ref.version:
-                raise VersionMismatch(f"{ident} changed", call="enos.getFileInfo")
-            return
-        if current is None or current.version != ref.version:
-            raise VersionMismatch(f"firmware {ident} changed", call="enos.getFirmware")
-
     def _download_spec(self, ref: ObjectRef) -> _DownloadSpec:
         kind, org, asset, ident = self._parse_file_key(ref.key)
         if kind == "file":
@@ -801,14 +788,7 @@ class EnosProvider:
             call = "enos.downloadFirmwareFile"
             url = f"{self._integ}/connect-service/v2.5/files"
             params = {"action": "downloadFirmwareFile", "orgId": org, "firmwareId": ident}
-        last_token: list[str] = []
-
-        async def get_target(stale: bool) -> Target:
-            if stale and last_token:
-                await self.auth.invalidate(last_token[-1])
-            token = await self.auth.token()
-            last_token.append(token)
-            return Target(url, self.auth.sign(token, params, b""), params)
+        get_target = self._auth.target(url, params)
 
         def classify(resp: httpx.Response, call: str) -> ProviderError | None:
             try:
@@ -841,7 +821,7 @@ class EnosProvider:
                 length,
                 expected_size=ref.size,
                 classify=spec.classify,
-                is_stale=lambda r: r.status_code == 401,
+                is_stale=self._auth.is_rejected,
                 json_error=spec.json_error,
                 policy=self._retry,
             )
@@ -864,7 +844,52 @@ class EnosProvider:
             sink,
             expected_size=ref.size,
             classify=spec.classify,
-            is_stale=lambda r: r.status_code == 401,
+            is_stale=self._auth.is_rejected,
             json_error=spec.json_error,
             policy=self._retry,
         )
+
+
+# ---- the [enos] section ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EnosConfig:
+    apigw_url: str
+    integration_url: str
+    app_key: str
+    app_secret: Secret
+    orgs: tuple[str, ...]
+
+
+def parse_section(s: Section) -> EnosConfig:
+    known(
+        s,
+        {"apigw_url", "integration_url", "app_key", "app_key_env", "app_secret_env",
+         "app_secret_file", "app_secret", "orgs"},
+    )  # fmt: skip
+    apigw = s.url("apigw_url")
+    return EnosConfig(
+        apigw_url=apigw,
+        integration_url=s.url("integration_url", apigw),
+        app_key=s.plain_or_env("app_key"),
+        app_secret=s.secret("app_secret"),
+        orgs=s.str_list("orgs"),
+    )
+
+
+def build(ctx: BuildContext, c: EnosConfig) -> EnosProvider:
+    return EnosProvider(
+        ctx.client,
+        bulk=ctx.bulk,
+        apigw_url=c.apigw_url,
+        integration_url=c.integration_url,
+        app_key=c.app_key,
+        app_secret=c.app_secret.reveal(),
+        orgs=c.orgs,
+        clock=ctx.clock,
+        retry_policy=ctx.retry,
+    )
+
+
+SPEC = ProviderSpec(SectionSpec("enos", parse_section), build)

@@ -13,32 +13,39 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from fusefs.config import Section, SectionSpec, known
 from fusefs.providers import _fields as fields
 from fusefs.providers._fields import ListingBudget, SkipLog, describe_item
 from fusefs.providers._http import (
     CHUNK_SIZE,
     DEFAULT_RETRY,
     RetryPolicy,
-    error_for_status,
     map_http_errors,
     retry,
-    short_body,
     start_download,
 )
-from fusefs.providers._iam import IamTokenSource
+from fusefs.providers._huawei import (
+    IAM_SECTION,
+    IamTokenSource,
+    classify_huawei,
+    huawei_error,
+    iam_auth,
+    iam_source,
+    rejected_twice,
+)
+from fusefs.providers._spec import BuildContext, ProviderSpec
 from fusefs.providers.base import (
-    AuthError,
     Capabilities,
     EntryKind,
     ObjectNotFound,
     ObjectRef,
     ProtocolError,
-    ProviderError,
     RemoteEntry,
     TransientError,
 )
@@ -47,43 +54,7 @@ from fusefs.providers.window import DownloadTurns
 log = logging.getLogger(__name__)
 
 RATE_LIMITED = "IOTDA.014805"
-NOT_FOUND = frozenset({"IOTDA.014802"})
-AUTH_CODES = frozenset({"IOTDA.000002", "IOTDA.000004", "APIG.0301", "APIG.0307"})
-THROTTLED = frozenset({"IOTDA.021101", "IOTDA.021102"})
 EXPORTS = "exports"
-
-
-def huawei_error(resp: httpx.Response) -> tuple[str, str]:
-    """``(error_code, error_msg)`` of an IoTDA/ROMA/APIG error body (empty strings if absent)."""
-    try:
-        body: Any = resp.json()
-    except ValueError:
-        return "", short_body(resp.content)
-    if not isinstance(body, dict):
-        return "", ""
-    if isinstance(body.get("error"), dict):  # keystone shape
-        err = body["error"]
-        return str(err.get("code", "")), str(err.get("message", ""))
-    return str(body.get("error_code", "")), str(body.get("error_msg", ""))
-
-
-def classify_huawei(resp: httpx.Response, call: str) -> ProviderError:
-    code, msg = huawei_error(resp)
-    text = f"HTTP {resp.status_code} {code} {msg}".strip()
-    if code in NOT_FOUND or resp.status_code == 404:
-        return ObjectNotFound(text, call=call)
-    if code in THROTTLED:
-        return TransientError(text, call=call)
-    if code in AUTH_CODES or resp.status_code == 401:
-        return AuthError(text, call=call)
-    return error_for_status(resp.status_code, call, f"{code} {msg}".strip(), resp.headers)
-
-
-def is_token_rejected(resp: httpx.Response) -> bool:
-    if resp.status_code == 401:
-        return True
-    code, _ = huawei_error(resp) if resp.status_code == 403 else ("", "")
-    return code in AUTH_CODES
 
 
 class IotdaProvider:
@@ -108,6 +79,7 @@ class IotdaProvider:
     ) -> None:
         self._client = client
         self._iam = iam
+        self._auth = iam_auth(iam)
         self._url = url.rstrip("/")
         self._project_id = project_id
         self._instance_id = instance_id
@@ -128,7 +100,17 @@ class IotdaProvider:
         return f"IotdaProvider(url={self._url!r}, project_id={self._project_id!r})"
 
     def describe(self, ref: ObjectRef) -> dict[str, str]:
-        return {}
+        """The export's place in the download queue (one download per window)."""
+        if self.turns.holder == ref.key:
+            return {"iotda_download": "in progress"}
+        queue = self.turns.queue()
+        if ref.key not in queue:
+            return {}
+        ahead = queue.index(ref.key)
+        return {
+            "iotda_download": f"queued, {ahead} ahead",
+            "iotda_download_eta": f"{self.turns.eta(ahead):.0f}s",
+        }
 
     async def check_auth(self) -> None:
         """The mount's start check: an IAM token and the project id (AuthError if rejected)."""
@@ -143,35 +125,34 @@ class IotdaProvider:
             self._project_id = await self._iam.project_id()
         return f"{self._url}/v5/iot/{quote(self._project_id, safe='')}/export-tasks"
 
-    async def _headers(self) -> tuple[str, dict[str, str]]:
-        token = await self._iam.token()
-        headers = {"X-Auth-Token": token}
-        if self._instance_id:
-            headers["Instance-Id"] = self._instance_id
-        return token, headers
+    def _headers(self) -> dict[str, str]:
+        return {"Instance-Id": self._instance_id} if self._instance_id else {}
 
     async def _get_json(self, call: str, url: str, params: dict[str, str]) -> Any:
+        """One API call: ``_request`` (the IAM token, one fresh one after a rejection) then
+        ``_parse`` (the error body); transient failures retried."""
+
         async def once() -> Any:
-            for attempt in (1, 2):
-                token, headers = await self._headers()
-                log.debug("%s: GET %s %s", call, url, params)
-                with map_http_errors(call):
-                    resp = await self._client.get(url, params=params, headers=headers)
-                if is_token_rejected(resp):
-                    if attempt == 1:
-                        log.warning("%s: IAM token rejected; getting a new one", call)
-                        await self._iam.invalidate(token)
-                        continue
-                    raise AuthError("IAM token rejected even after a fresh one", call=call)
-                if resp.status_code != 200:
-                    raise classify_huawei(resp, call)
-                try:
-                    return resp.json()
-                except ValueError as exc:
-                    raise ProtocolError("answer is not JSON", call=call) from exc
-            raise AssertionError("unreachable")  # pragma: no cover
+            return self._parse(call, await self._request(call, url, params))
 
         return await retry(call, once, policy=self._retry)
+
+    async def _request(self, call: str, url: str, params: dict[str, str]) -> httpx.Response:
+        log.debug("%s: GET %s %s", call, url, params)
+        with map_http_errors(call):
+            return await self._client.get(
+                url, params=params, headers=self._headers(), auth=self._auth
+            )
+
+    def _parse(self, call: str, resp: httpx.Response) -> Any:
+        if self._auth.is_rejected(resp):
+            raise rejected_twice(call)
+        if resp.status_code != 200:
+            raise classify_huawei(resp, call)
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise ProtocolError("answer is not JSON", call=call) from exc
 
     async def list_dir(self, key: str) -> list[RemoteEntry]:
         if key == "":
@@ -269,12 +250,12 @@ class IotdaProvider:
         url = f"{await self._base()}/{quote(tid, safe='')}/file"
         failures = 0
         throttled = 0
-        token_retried = False
         while True:
             async with self.turns.turn(f"t/{tid}"):  # keyed as ObjectRef.key
-                token, headers = await self._headers()
                 try:
-                    resp = await start_download(stack, self._client, url, headers, call)
+                    resp = await start_download(
+                        stack, self._client, url, self._headers(), call, auth=self._auth
+                    )
                     if resp.status_code == 200:
                         return resp
                     code, _ = huawei_error(resp)
@@ -295,11 +276,6 @@ class IotdaProvider:
                             self.turns.interval + extra,
                         )
                         self.turns.defer(self.turns.interval + extra)
-                        continue
-                    if is_token_rejected(resp) and not token_retried:
-                        token_retried = True
-                        log.warning("%s: IAM token rejected; getting a new one", call)
-                        await self._iam.invalidate(token)
                         continue
                     raise classify_huawei(resp, call)
                 except TransientError as exc:
@@ -335,3 +311,49 @@ class IotdaProvider:
                     await gen.aclose()  # type: ignore[attr-defined]
 
         return cm()
+
+
+# ---- the [iotda] section -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IotdaConfig:
+    url: str
+    project_id: str | None = None
+    instance_id: str | None = None
+    resource_type: str = "BatchTask"
+    download_interval: float = 30.0
+    background_fetch: bool = True  # fetch every listed export, one per download_interval
+
+
+def parse_section(s: Section) -> IotdaConfig:
+    known(
+        s,
+        {"url", "project_id", "instance_id", "resource_type", "download_interval",
+         "background_fetch"},
+    )  # fmt: skip
+    return IotdaConfig(
+        url=s.url("url"),
+        project_id=s.str_("project_id"),
+        instance_id=s.str_("instance_id"),
+        resource_type=s.str_("resource_type", "BatchTask") or "BatchTask",
+        download_interval=s.float_("download_interval", 30.0, positive=False),
+        background_fetch=s.bool_("background_fetch", True),
+    )
+
+
+def build(ctx: BuildContext, c: IotdaConfig) -> IotdaProvider:
+    return IotdaProvider(
+        ctx.client,
+        iam_source(ctx),
+        url=c.url,
+        project_id=c.project_id,
+        instance_id=c.instance_id,
+        resource_type=c.resource_type,
+        download_interval=c.download_interval,
+        retry_policy=ctx.retry,
+        background_fetch=c.background_fetch,
+    )
+
+
+SPEC = ProviderSpec(SectionSpec("iotda", parse_section), build, shared=(IAM_SECTION,))

@@ -27,14 +27,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import trio
 
+from fusefs.config import Secret, Section, SectionSpec, known, tname
 from fusefs.logs import excerpt
 from fusefs.providers import _fields as fields
+from fusefs.providers._auth import Authorize, StaticToken, TokenAuth, TokenSource
 from fusefs.providers._bulk import BulkClient
 from fusefs.providers._fields import ListingBudget, SkipLog, describe_item
 from fusefs.providers._http import (
@@ -48,6 +50,7 @@ from fusefs.providers._http import (
     short_body,
     stream_range,
 )
+from fusefs.providers._spec import BuildContext, ProviderSpec
 from fusefs.providers.base import (
     AuthError,
     Capabilities,
@@ -73,6 +76,8 @@ AUTH_CODES = frozenset({401, 13000410})
 
 @dataclass(frozen=True, slots=True)
 class ContainerSpec:
+    """One configured container (``containers = [...]`` of the ``[koodrive]`` section)."""
+
     id: str
     group_id: str | None = None  # team space when set, personal space otherwise
     team_type: int | None = None  # ?team_type= for team spaces (0 department, 2 group)
@@ -87,6 +92,21 @@ def _code(value: object) -> int | None:
     if isinstance(value, str) and value.strip().isascii() and value.strip().lstrip("-").isdigit():
         return int(value)
     return None
+
+
+def _json(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+def _rejected(resp: httpx.Response) -> bool:
+    """KooDrive refused the credentials: HTTP 401 or ``code`` 401 (whatever the status)."""
+    if resp.status_code == 401:
+        return True
+    env = _json(resp)
+    return isinstance(env, dict) and _code(env.get("code")) == 401
 
 
 def classify_code(code: int, msg: str, call: str, status: int = 200) -> ProviderError:
@@ -156,10 +176,20 @@ class AppSigner:
     def __repr__(self) -> str:
         return f"AppSigner(app_id={self._app_id!r}, user_id={self._user_id!r})"
 
+    # a TokenSource without a token: each request is signed anew (a new X-Date), so a rejected
+    # signature is worth one more try
+    async def token(self) -> str:
+        return ""
+
+    async def invalidate(self, bad: str) -> bool:
+        return True
+
     def sign(self, request: httpx.Request) -> None:
+        request.headers.update(self.headers("", request))
+
+    def headers(self, token: str, request: httpx.Request) -> dict[str, str]:
+        """X-Date, X-User-Id and the Authorization that signs them with ``request``."""
         x_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
-        request.headers["X-Date"] = x_date
-        request.headers["X-User-Id"] = self._user_id
         path = quote(request.url.path or "/", safe="/-_.~")
         if not path.endswith("/"):
             path += "/"
@@ -177,9 +207,8 @@ class AppSigner:
         )
         to_sign = "HMAC-SHA256\n" + hashlib.sha256(canonical.encode()).hexdigest()
         sig = hmac.new(self._secret, to_sign.encode(), hashlib.sha256).hexdigest()
-        request.headers["Authorization"] = (
-            f"HMAC-SHA256 AppId={self._app_id},SignedHeaders={signed},Signature={sig}"
-        )
+        authorization = f"HMAC-SHA256 AppId={self._app_id},SignedHeaders={signed},Signature={sig}"
+        return {"X-Date": x_date, "X-User-Id": self._user_id, "Authorization": authorization}
 
 
 @dataclass(slots=True)
@@ -339,6 +368,10 @@ class KoodriveProvider:
         self._retry = retry_policy
         self._page_size = page_size
         self._hint_ttl = sibling_hint_ttl
+        # app auth: a fresh signature after a rejection; a fixed token: no second try
+        source: TokenSource = signer if signer is not None else StaticToken(token or "")
+        header: str | Authorize = signer.headers if signer is not None else "Authorization"
+        self._auth = TokenAuth(source, header, _rejected, check_ok_body=True)
         self._links: dict[str, _Link] = {}
         self._siblings: dict[str, tuple[float, list[str]]] = {}  # fileId -> (listed at, siblings)
         self.batcher = LinkBatcher(self._fetch_links, window=batch_window)
@@ -379,54 +412,41 @@ class KoodriveProvider:
     # ---- the API call --------------------------------------------------------------------------
 
     async def _api(self, call: str, path: str, body: Mapping[str, object]) -> dict[str, Any]:
+        """One call: ``_request`` (token or signature, once more after a rejection when that
+        can help) then ``_parse`` (the ``code`` of the answer); transient failures retried."""
         content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
         async def once() -> dict[str, Any]:
-            attempts = 2 if self._signer is not None else 1  # app auth: re-sign once (X-Date)
-            for attempt in range(1, attempts + 1):
-                request = self._client.build_request(
-                    "POST",
-                    self._url + path,
-                    content=content,
-                    headers={"Content-Type": "application/json;charset=UTF-8"},
-                )
-                if self._signer is not None:
-                    self._signer.sign(request)
-                else:
-                    assert self._token is not None
-                    request.headers["Authorization"] = self._token
-                log.debug("%s: POST %s", call, path)
-                with map_http_errors(call):
-                    resp = await self._client.send(request)
-                env: Any = None
-                try:
-                    env = resp.json()
-                except ValueError:
-                    env = None
-                code = _code(env.get("code")) if isinstance(env, dict) else None
-                msg = excerpt(str(env.get("msg", "")), 300) if isinstance(env, dict) else ""
-                if resp.status_code == 401 or code == 401:
-                    if attempt < attempts:
-                        log.warning("%s: authorization rejected; signing again", call)
-                        continue
-                    raise AuthError(f"HTTP {resp.status_code}: {msg}".rstrip(": "), call=call)
-                if resp.status_code in (408, 429) or resp.status_code >= 500:
-                    # throttling and server errors are transient whatever the body says
-                    raise error_for_status(
-                        resp.status_code, call, short_body(resp.content), resp.headers
-                    )
-                if code is not None and code != 0:
-                    raise classify_code(code, msg, call, resp.status_code)
-                if resp.status_code != 200:
-                    raise error_for_status(
-                        resp.status_code, call, short_body(resp.content), resp.headers
-                    )
-                if not isinstance(env, dict):
-                    raise ProtocolError("answer is not a JSON object", call=call)
-                return env
-            raise AssertionError("unreachable")  # pragma: no cover
+            return self._parse(call, await self._request(call, path, content))
 
         return await retry(call, once, policy=self._retry)
+
+    async def _request(self, call: str, path: str, content: bytes) -> httpx.Response:
+        log.debug("%s: POST %s", call, path)
+        with map_http_errors(call):
+            return await self._client.post(
+                self._url + path,
+                content=content,
+                headers={"Content-Type": "application/json;charset=UTF-8"},
+                auth=self._auth,
+            )
+
+    def _parse(self, call: str, resp: httpx.Response) -> dict[str, Any]:
+        env = _json(resp)
+        code = _code(env.get("code")) if isinstance(env, dict) else None
+        msg = excerpt(str(env.get("msg", "")), 300) if isinstance(env, dict) else ""
+        if self._auth.is_rejected(resp):
+            raise AuthError(f"HTTP {resp.status_code}: {msg}".rstrip(": "), call=call)
+        if resp.status_code in (408, 429) or resp.status_code >= 500:
+            # throttling and server errors are transient whatever the body says
+            raise error_for_status(resp.status_code, call, short_body(resp.content), resp.headers)
+        if code is not None and code != 0:
+            raise classify_code(code, msg, call, resp.status_code)
+        if resp.status_code != 200:
+            raise error_for_status(resp.status_code, call, short_body(resp.content), resp.headers)
+        if not isinstance(env, dict):
+            raise ProtocolError("answer is not a JSON object", call=call)
+        return env
 
     # ---- listings ------------------------------------------------------------------------------
 
@@ -699,3 +719,106 @@ class KoodriveProvider:
             is_stale=self._is_stale,
             policy=self._retry,
         )
+
+
+# ---- the [koodrive] section --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KoodriveConfig:
+    url: str
+    auth: Literal["token", "app"]
+    containers: tuple[ContainerSpec, ...]
+    token: Secret | None = None
+    app_id: str | None = None
+    app_secret: Secret | None = None
+    user_id: str | None = None
+
+
+_KEYS = {
+    "url", "auth", "token_env", "token_file", "token", "app_id", "app_id_env", "app_secret_env",
+    "app_secret_file", "app_secret", "user_id", "user_id_env", "containers",
+}  # fmt: skip
+_APP_KEYS = ("app_id", "app_id_env", "user_id", "user_id_env", "app_secret_env", "app_secret_file")
+_TOKEN_KEYS = ("token_env", "token_file")
+
+
+def _container(s: Section, where: str, c: object) -> ContainerSpec:
+    """``"IAAD..."`` or ``{ id = "IAAD...", group_id = "1", team_type = 0 }``."""
+    if isinstance(c, str) and c:
+        return ContainerSpec(id=c)
+    if not isinstance(c, dict):
+        raise s.err(where, f"must be a table {{ id = ..., group_id = ... }}, got {tname(c)}")
+    extra = sorted(set(c) - {"id", "group_id", "team_type"})
+    if extra:
+        raise s.err(where, f"unknown key {extra[0]!r} (known keys: group_id, id, team_type)")
+    cid = c.get("id")
+    if not isinstance(cid, str) or not cid:
+        raise s.err(where, 'needs id = "<containerId>"')
+    gid = c.get("group_id")
+    if gid is not None and (isinstance(gid, bool) or not isinstance(gid, str | int)):
+        raise s.err(where, f"group_id must be a string, got {tname(gid)}")
+    tt = c.get("team_type")
+    if tt is not None and (isinstance(tt, bool) or not isinstance(tt, int)):
+        raise s.err(where, f"team_type must be an integer, got {tname(tt)}")
+    return ContainerSpec(id=cid, group_id=None if gid in (None, "") else str(gid), team_type=tt)
+
+
+def _containers(s: Section) -> tuple[ContainerSpec, ...]:
+    raw = s.raw("containers")
+    if raw is None:
+        raise s.err("containers", 'missing; add containers = [{ id = "IAAD..." }]')
+    if not isinstance(raw, list) or not raw:
+        raise s.err(
+            "containers", 'must be a non-empty list like [{ id = "IAAD...", group_id = "1" }]'
+        )
+    containers = tuple(_container(s, f"containers[{i}]", c) for i, c in enumerate(raw))
+    if len({c.id for c in containers}) != len(containers):
+        raise s.err("containers", "names a container id twice")
+    return containers
+
+
+def _refuse(s: Section, keys: Sequence[str], auth: str) -> None:
+    """Keys of the other auth mode are a mistake, not something to ignore."""
+    for k in keys:
+        if s.has(k):
+            raise s.err(k, f'only used with auth = "{auth}"; remove it or set auth = "{auth}"')
+
+
+def parse_section(s: Section) -> KoodriveConfig:
+    known(s, _KEYS)
+    url = s.url("url")
+    auth = s.str_("auth", "token")
+    if auth not in ("token", "app"):
+        raise s.err("auth", f'must be "token" or "app", got {auth!r}')
+    containers = _containers(s)
+    if auth == "token":
+        _refuse(s, _APP_KEYS, "app")
+        return KoodriveConfig(url=url, auth="token", containers=containers, token=s.secret("token"))
+    _refuse(s, _TOKEN_KEYS, "token")
+    return KoodriveConfig(
+        url=url,
+        auth="app",
+        containers=containers,
+        app_id=s.plain_or_env("app_id"),
+        app_secret=s.secret("app_secret"),
+        user_id=s.plain_or_env("user_id"),
+    )
+
+
+def build(ctx: BuildContext, c: KoodriveConfig) -> KoodriveProvider:
+    signer: AppSigner | None = None
+    token: str | None = None
+    if c.auth == "app":
+        assert c.app_id and c.app_secret and c.user_id
+        signer = AppSigner(c.app_id, c.app_secret.reveal(), c.user_id, clock=ctx.clock)
+    else:
+        assert c.token is not None
+        token = c.token.reveal()
+    return KoodriveProvider(
+        ctx.client, url=c.url, containers=c.containers, token=token, signer=signer,
+        clock=ctx.clock, bulk=ctx.bulk, retry_policy=ctx.retry,
+    )  # fmt: skip
+
+
+SPEC = ProviderSpec(SectionSpec("koodrive", parse_section), build)

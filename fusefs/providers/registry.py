@@ -1,137 +1,48 @@
-"""Provider registry: config section name → factory, and :func:`build_providers`."""
+"""The provider registry: every provider module's :data:`SPEC`, config loading with their
+sections, and :func:`build_providers`.
+
+Each provider module declares its own section, parser and factory (``SPEC``, see
+``providers/_spec.py``); this module only lists the modules. Their order is the order of the
+directories under the mount root.
+"""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import httpx
 
-from fusefs.config import MountConfig
+from fusefs.config import MountConfig, parse_sections, read_toml
+from fusefs.providers import enos, iotda, koodrive, roma
 from fusefs.providers._bulk import BulkClient
 from fusefs.providers._http import DEFAULT_RETRY, RetryPolicy
-from fusefs.providers._iam import IamTokenSource
+from fusefs.providers._spec import BuildContext, ProviderSpec
 from fusefs.providers.base import Provider
-from fusefs.providers.enos import EnosProvider
-from fusefs.providers.iotda import IotdaProvider
-from fusefs.providers.koodrive import AppSigner, ContainerSpec, KoodriveProvider
-from fusefs.providers.roma import RomaProvider
+
+#: name → spec, in the order of the directories under the mount root.
+REGISTRY: dict[str, ProviderSpec] = {m.SPEC.name: m.SPEC for m in (enos, koodrive, iotda, roma)}
 
 
-class BuildContext:
-    """What factories share: the client, the clock, the retry policy and ONE IAM token source."""
-
-    def __init__(
-        self,
-        cfg: MountConfig,
-        client: httpx.AsyncClient,
-        clock: Callable[[], float] = time.time,
-        retry_policy: RetryPolicy = DEFAULT_RETRY,
-        bulk: BulkClient | None = None,
-    ) -> None:
-        self.cfg = cfg
-        self.client = client
-        self.bulk = bulk or BulkClient()
-        self.clock = clock
-        self.retry = retry_policy
-        self._iam: IamTokenSource | None = None
-
-    def iam(self) -> IamTokenSource:
-        if self._iam is None:
-            iam = self.cfg.iam
-            if iam is None:
-                raise ValueError("IoTDA/ROMA need an [iam] section")
-            self._iam = IamTokenSource(
-                self.client,
-                iam.url,
-                user=iam.user,
-                password=iam.password.reveal(),
-                domain=iam.domain,
-                project=iam.project,
-                clock=self.clock,
-                retry_policy=self.retry,
-            )
-        return self._iam
+def parse_config(
+    data: Mapping[str, Any],
+    env: Mapping[str, str] = os.environ,
+    *,
+    base: Path | None = None,
+    path: Path | None = None,
+) -> MountConfig:
+    """Validate an already-parsed TOML document (see :func:`load_config`)."""
+    providers = [(spec.section, spec.shared) for spec in REGISTRY.values()]
+    return parse_sections(data, env, providers=providers, base=base, path=path)
 
 
-def _enos(ctx: BuildContext) -> Provider | None:
-    c = ctx.cfg.enos
-    if c is None:
-        return None
-    return EnosProvider(
-        ctx.client,
-        bulk=ctx.bulk,
-        apigw_url=c.apigw_url,
-        integration_url=c.integration_url,
-        app_key=c.app_key,
-        app_secret=c.app_secret.reveal(),
-        orgs=c.orgs,
-        clock=ctx.clock,
-        retry_policy=ctx.retry,
-    )
-
-
-def _koodrive(ctx: BuildContext) -> Provider | None:
-    c = ctx.cfg.koodrive
-    if c is None:
-        return None
-    containers = [ContainerSpec(x.id, x.group_id, x.team_type) for x in c.containers]
-    if c.auth == "app":
-        assert c.app_id and c.app_secret and c.user_id
-        signer = AppSigner(c.app_id, c.app_secret.reveal(), c.user_id, clock=ctx.clock)
-        return KoodriveProvider(
-            ctx.client, url=c.url, containers=containers, signer=signer, clock=ctx.clock,
-            bulk=ctx.bulk,
-            retry_policy=ctx.retry,
-        )  # fmt: skip
-    assert c.token is not None
-    return KoodriveProvider(
-        ctx.client, url=c.url, containers=containers, token=c.token.reveal(), clock=ctx.clock,
-        bulk=ctx.bulk,
-        retry_policy=ctx.retry,
-    )  # fmt: skip
-
-
-def _iotda(ctx: BuildContext) -> Provider | None:
-    c = ctx.cfg.iotda
-    if c is None:
-        return None
-    return IotdaProvider(
-        ctx.client,
-        ctx.iam(),
-        url=c.url,
-        project_id=c.project_id,
-        instance_id=c.instance_id,
-        resource_type=c.resource_type,
-        download_interval=c.download_interval,
-        retry_policy=ctx.retry,
-        background_fetch=c.background_fetch,
-    )
-
-
-def _roma(ctx: BuildContext) -> Provider | None:
-    c = ctx.cfg.roma
-    if c is None:
-        return None
-    return RomaProvider(
-        ctx.client,
-        ctx.iam(),
-        url=c.url,
-        instances={i.id: i.jobs for i in c.instances},
-        project_id=c.project_id,
-        retry_policy=ctx.retry,
-    )
-
-
-ProviderFactory = Callable[[BuildContext], Provider | None]
-
-#: name → factory; the order is the order of the directories under the mount root.
-REGISTRY: dict[str, ProviderFactory] = {
-    "enos": _enos,
-    "koodrive": _koodrive,
-    "iotda": _iotda,
-    "roma": _roma,
-}
+def load_config(path: Path, env: Mapping[str, str] = os.environ) -> MountConfig:
+    """Read and validate the TOML file at ``path``; secrets are looked up in ``env``."""
+    data = read_toml(path)
+    return parse_config(data, env, base=Path(path).resolve().parent, path=Path(path))
 
 
 def build_providers(
@@ -146,8 +57,8 @@ def build_providers(
     (API calls) and ``bulk`` (object bodies)."""
     ctx = BuildContext(cfg, client, clock, retry_policy, bulk)
     out = []
-    for factory in REGISTRY.values():
-        provider = factory(ctx)
-        if provider is not None:
-            out.append(provider)
+    for name, spec in REGISTRY.items():
+        section = cfg.sections.get(name)
+        if section is not None:
+            out.append(spec.build(ctx, section))
     return out

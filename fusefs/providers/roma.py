@@ -17,11 +17,13 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from fusefs.config import Section, SectionSpec, known, tname
 from fusefs.logs import excerpt
 from fusefs.providers import _fields as fields
 from fusefs.providers._fields import SkipLog
@@ -34,9 +36,17 @@ from fusefs.providers._http import (
     retry,
     start_download,
 )
-from fusefs.providers._iam import IamTokenSource
+from fusefs.providers._huawei import (
+    IAM_SECTION,
+    IamTokenSource,
+    classify_huawei,
+    huawei_error,
+    iam_auth,
+    iam_source,
+    rejected_twice,
+)
+from fusefs.providers._spec import BuildContext, ProviderSpec
 from fusefs.providers.base import (
-    AuthError,
     Capabilities,
     EntryKind,
     ObjectNotFound,
@@ -46,7 +56,6 @@ from fusefs.providers.base import (
     RemoteEntry,
     TransientError,
 )
-from fusefs.providers.iotda import classify_huawei, huawei_error, is_token_rejected
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +83,21 @@ class RomaProvider:
     ) -> None:
         self._client = client
         self._iam = iam
+        self._auth = iam_auth(iam)
         self._url = url.rstrip("/")
         self._instances = {k: list(v) for k, v in instances.items()}
         self._project_id = project_id
         self._retry = retry_policy
+        self._downloads: dict[str, str] = {}  # key -> state of its one download (describe)
 
     def __repr__(self) -> str:
         return f"RomaProvider(url={self._url!r}, instances={list(self._instances)!r})"
 
     def describe(self, ref: ObjectRef) -> dict[str, str]:
-        return {}
+        """The archive's one download as this mount saw it: ``downloading``, ``downloaded`` or
+        ``consumed`` (the server would not, or no longer, send it); nothing before a try."""
+        state = self._downloads.get(ref.key)
+        return {"roma_download": state} if state else {}
 
     async def check_auth(self) -> None:
         """The mount's start check: an IAM token and the project id (AuthError if rejected)."""
@@ -104,29 +118,28 @@ class RomaProvider:
     async def _call(
         self, call: str, method: str, url: str, body: object = None, *, idempotent: bool = True
     ) -> Any:
+        """One API call: ``_request`` (the IAM token, one fresh one after a rejection) then
+        ``_parse`` (the error body); retried when idempotent."""
+
         async def once() -> Any:
-            for attempt in (1, 2):
-                token = await self._iam.token()
-                log.debug("%s: %s %s", call, method, url)
-                with map_http_errors(call):
-                    resp = await self._client.request(
-                        method, url, headers={"X-Auth-Token": token}, json=body
-                    )
-                if is_token_rejected(resp):
-                    if attempt == 1:
-                        log.warning("%s: IAM token rejected; getting a new one", call)
-                        await self._iam.invalidate(token)
-                        continue
-                    raise AuthError("IAM token rejected even after a fresh one", call=call)
-                if resp.status_code not in (200, 201, 202):
-                    raise classify_huawei(resp, call)
-                try:
-                    return resp.json()
-                except ValueError as exc:
-                    raise ProtocolError("answer is not JSON", call=call) from exc
-            raise AssertionError("unreachable")  # pragma: no cover
+            return self._parse(call, await self._request(call, method, url, body))
 
         return await retry(call, once, policy=self._retry) if idempotent else await once()
+
+    async def _request(self, call: str, method: str, url: str, body: object) -> httpx.Response:
+        log.debug("%s: %s %s", call, method, url)
+        with map_http_errors(call):
+            return await self._client.request(method, url, json=body, auth=self._auth)
+
+    def _parse(self, call: str, resp: httpx.Response) -> Any:
+        if self._auth.is_rejected(resp):
+            raise rejected_twice(call)
+        if resp.status_code not in (200, 201, 202):
+            raise classify_huawei(resp, call)
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise ProtocolError("answer is not JSON", call=call) from exc
 
     # ---- listings ------------------------------------------------------------------------------
 
@@ -231,25 +244,19 @@ class RomaProvider:
 
     async def _open_download(self, stack: AsyncExitStack, url: str) -> httpx.Response:
         call = "roma.downloadArchive"
-        for attempt in (1, 2):
-            token = await self._iam.token()
-            resp = await start_download(stack, self._client, url, {"X-Auth-Token": token}, call)
-            if resp.status_code == 200:
-                return resp
-            code, msg = huawei_error(resp)
-            # a gateway token rejection happens before the archive is touched: one fresh token
-            if attempt == 1 and is_token_rejected(resp):
-                log.warning("%s: IAM token rejected; getting a new one", call)
-                await self._iam.invalidate(token)
-                continue
-            if resp.status_code in (403, 404, 410) and code.startswith("ROMA."):
-                raise OneShotConsumed(
-                    f"archive was already downloaded or has expired ({code} {msg}); "
-                    "it can no longer be fetched",
-                    call=call,
-                )
-            raise classify_huawei(resp, call)
-        raise AuthError("IAM token rejected even after a fresh one", call=call)
+        # a gateway token rejection happens before the archive is touched: TokenAuth retries
+        # it once with a fresh token; nothing else is ever retried
+        resp = await start_download(stack, self._client, url, {}, call, auth=self._auth)
+        if resp.status_code == 200:
+            return resp
+        code, msg = huawei_error(resp)
+        if resp.status_code in (403, 404, 410) and code.startswith("ROMA."):
+            raise OneShotConsumed(
+                f"archive was already downloaded or has expired ({code} {msg}); "
+                "it can no longer be fetched",
+                call=call,
+            )
+        raise classify_huawei(resp, call)
 
     def open_stream(
         self, ref: ObjectRef, offset: int = 0, length: int | None = None
@@ -266,7 +273,12 @@ class RomaProvider:
         async def cm() -> AsyncIterator[AsyncIterator[bytes]]:
             async with AsyncExitStack() as stack:
                 url = f"{await self._base(inst)}/archives/{quote(archive, safe='')}"
-                resp = await self._open_download(stack, url)
+                try:
+                    resp = await self._open_download(stack, url)
+                except OneShotConsumed:
+                    self._downloads[ref.key] = "consumed"
+                    raise
+                self._downloads[ref.key] = "downloading"
                 cl = resp.headers.get("content-length")
                 declared = int(cl) if cl and cl.isascii() and cl.isdigit() else None
 
@@ -278,17 +290,20 @@ class RomaProvider:
                                 got += len(chunk)
                                 yield chunk
                     except TransientError as exc:
+                        self._downloads[ref.key] = "consumed"
                         raise OneShotConsumed(
                             f"archive {archive} was cut after {got} bytes ({exc}); the server "
                             "deletes it once sent, so it can no longer be fetched",
                             call=call,
                         ) from exc
                     if declared is not None and got < declared:
+                        self._downloads[ref.key] = "consumed"
                         raise OneShotConsumed(
                             f"archive {archive} was cut after {got} of {declared} bytes; the "
                             "server deletes it once sent, so it can no longer be fetched",
                             call=call,
                         )
+                    self._downloads[ref.key] = "downloaded"
 
                 gen = body()
                 try:
@@ -297,3 +312,60 @@ class RomaProvider:
                     await gen.aclose()  # type: ignore[attr-defined]
 
         return cm()
+
+
+# ---- the [roma] section ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RomaInstance:
+    id: str
+    jobs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RomaConfig:
+    url: str
+    instances: tuple[RomaInstance, ...]
+    project_id: str | None = None
+
+
+def _instance(s: Section, where: str, inst: object) -> RomaInstance:
+    if not isinstance(inst, dict):
+        raise s.err(where, f'must be a table {{ id = "...", jobs = [...] }}, got {tname(inst)}')
+    extra = sorted(set(inst) - {"id", "jobs"})
+    if extra:
+        raise s.err(where, f"unknown key {extra[0]!r} (known keys: id, jobs)")
+    iid, jobs = inst.get("id"), inst.get("jobs", [])
+    if not isinstance(iid, str) or not iid:
+        raise s.err(where, 'needs id = "<instance id>"')
+    if not isinstance(jobs, list) or not all(isinstance(j, str) and j for j in jobs):
+        raise s.err(where, "jobs must be a list of job id strings")
+    return RomaInstance(id=iid, jobs=tuple(dict.fromkeys(jobs)))
+
+
+def parse_section(s: Section) -> RomaConfig:
+    known(s, {"url", "project_id", "instances"})
+    raw = s.raw("instances")
+    if raw is None:
+        raise s.err("instances", 'missing; add instances = [{ id = "...", jobs = ["..."] }]')
+    if not isinstance(raw, list) or not raw:
+        raise s.err("instances", 'must be a non-empty list like [{ id = "...", jobs = ["..."] }]')
+    out = [_instance(s, f"instances[{i}]", inst) for i, inst in enumerate(raw)]
+    if len({i.id for i in out}) != len(out):
+        raise s.err("instances", "names an instance id twice")
+    return RomaConfig(url=s.url("url"), instances=tuple(out), project_id=s.str_("project_id"))
+
+
+def build(ctx: BuildContext, c: RomaConfig) -> RomaProvider:
+    return RomaProvider(
+        ctx.client,
+        iam_source(ctx),
+        url=c.url,
+        instances={i.id: i.jobs for i in c.instances},
+        project_id=c.project_id,
+        retry_policy=ctx.retry,
+    )
+
+
+SPEC = ProviderSpec(SectionSpec("roma", parse_section), build, shared=(IAM_SECTION,))

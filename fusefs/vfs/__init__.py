@@ -1,1 +1,3 @@
-"""The virtual tree: inodes, listings with a TTL, name mapping. Knows only the Provider protocol."""
+"""The filesystem over provider listings: the facade the FUSE adapter calls (fs.py), inodes and
+listings with a TTL (tree.py), read-ahead across files, background downloads, saved listings.
+Of the providers it knows only the Provider protocol."""

@@ -122,7 +122,7 @@ class BackgroundFetcher:
             kick = self._kick
             try:
                 files, expires = await self._files(root)
-            except errors.FsError as exc:
+            except (errors.FsError, errors.During) as exc:
                 log.info("background downloads of /%s wait for its listing: %s", root.name, exc)
                 with trio.move_on_after(min(self.tree.dir_ttl, RETRY_UNLISTED)):
                     await kick.wait()

@@ -4,6 +4,9 @@ Every directory's listing is fetched once per TTL (single-flight) and answers ``
 ``getattr`` and ``readdir`` for all its entries: ``ls -l`` of a folder costs its listing calls and
 nothing per entry. When a refresh fails and an older listing exists, the older one is served
 (degraded, logged) so that the mount keeps working while a provider is unreachable.
+
+A provider's failure is not converted here: it passes up as ``errors.During(what) from exc``
+and the boundary gives it its errno (``errors.fs_error_for``).
 """
 
 from __future__ import annotations
@@ -20,16 +23,11 @@ import trio
 from fusefs import errors
 from fusefs.naming import map_names
 from fusefs.providers.base import (
-    AuthError,
     EntryKind,
-    ObjectNotFound,
     ObjectRef,
-    OneShotConsumed,
     ProviderError,
     RemoteEntry,
     TransientError,
-    Unavailable,
-    VersionMismatch,
 )
 
 if TYPE_CHECKING:
@@ -80,27 +78,6 @@ class Node:
     @property
     def path(self) -> str:
         return self.key
-
-
-def to_fs_error(exc: ProviderError, what: str) -> errors.FsError:
-    """The single ProviderError -> FsError conversion."""
-    err: errors.FsError
-    if isinstance(exc, ObjectNotFound):
-        err = errors.NotFound(f"{what}: {exc}")
-    elif isinstance(exc, AuthError):
-        err = errors.PermissionDenied(f"{what}: {exc}")
-    elif isinstance(exc, VersionMismatch):
-        err = errors.Stale(f"{what}: {exc}")
-    elif isinstance(exc, Unavailable):
-        err = errors.Offline(f"{what}: {exc}")
-    elif isinstance(exc, OneShotConsumed):
-        err = errors.RemoteError(f"{what}: {exc} (the archive can no longer be fetched)")
-    elif isinstance(exc, TransientError):
-        err = errors.RemoteError(f"{what}: {exc}")
-    else:
-        err = errors.RemoteError(f"{what}: {exc}")
-    err.__cause__ = exc
-    return err
 
 
 class VirtualTree:
@@ -199,7 +176,7 @@ class VirtualTree:
                 return
             saved = self.snapshots.load(provider.name, node.key) if self.snapshots else None
             if saved is None:
-                raise to_fs_error(exc, what) from exc
+                raise errors.During(what) from exc
             log.warning(
                 "%s failed (%s); serving the listing saved %s (offline)",
                 what,
@@ -306,7 +283,7 @@ class VirtualTree:
             node.children = None
             node.listing = ()
 
-    # -- operations used by fuse_ops ---------------------------------------------------------
+    # -- operations (the Filesystem facade's and the control socket's) --------------------
     async def lookup(self, parent_ino: int, name: str) -> Node:
         parent = self.node(parent_ino)
         if name == ".":
@@ -327,7 +304,7 @@ class VirtualTree:
             if parent.provider is not None:
                 try:
                     await self.ensure_listing(parent)
-                except errors.FsError as exc:
+                except (errors.FsError, errors.During) as exc:
                     log.debug("revalidating %s failed: %s", self.describe(node), exc)
         return node
 
@@ -420,7 +397,7 @@ class VirtualTree:
         try:
             size = await self.cache.wait_whole(obj)
         except ProviderError as exc:
-            raise to_fs_error(exc, f"downloading {self.describe(node)}") from exc
+            raise errors.During(f"downloading {self.describe(node)}") from exc
         if self.nodes.get(node.ino) is not node:
             raise errors.NotFound(f"{self.describe(node)} disappeared while it was downloaded")
         self.learn_size(node, ref, size)
@@ -458,7 +435,7 @@ class VirtualTree:
                 err = wf.error
                 if not isinstance(err, TransientError) or restarts >= READER_RESTARTS:
                     if isinstance(err, ProviderError):
-                        raise to_fs_error(err, f"downloading {self.describe(node)}") from err
+                        raise errors.During(f"downloading {self.describe(node)}") from err
                     raise err
                 restarts += 1
                 await trio.lowlevel.checkpoint()  # (not into a cache that is shutting down)

@@ -13,7 +13,7 @@ import pytest
 
 from fusefs.emulator.faults import FaultEngine, FaultPlan, FaultPlanError, Rule
 
-from .conftest import KOO, ORG, PERSONAL, TEXT, TEXT_URI, FakeClock, enos_headers, koo_id
+from .conftest import KOO, KOO_TOKEN, ORG, PERSONAL, TEXT, TEXT_URI, FakeClock, enos_headers, koo_id
 
 DL = (
     f"/connect-service/v2.1/files?action=download&orgId={ORG}&category=feature"
@@ -300,3 +300,64 @@ def test_plan_load_json_and_toml(tmp_path: Path) -> None:
     t.write_text("bogus = 1\n")
     with pytest.raises(FaultPlanError):
         FaultPlan.load(t)
+
+
+async def test_resize_and_headers(client: httpx.AsyncClient, clock: FakeClock) -> None:
+    """``resize``: a body longer or shorter than the real one, its lengths telling the same;
+    ``headers``: lying headers, a ``Content-Length`` cutting the body to it."""
+    h = await enos_headers(client, clock)
+    rule = {"route": "enos.download", "kind": "resize", "count": 1}
+    await put_faults(client, {"rules": [{**rule, "delta": 7, "fill": "ab"}]})
+    r = await client.get(DL, headers=h)
+    assert r.content == TEXT + b"abababa" and r.headers["content-length"] == str(len(TEXT) + 7)
+    await put_faults(client, {"rules": [{**rule, "delta": -1000}]})
+    r = await client.get(DL, headers={**h, "Range": "bytes=100-"})
+    assert r.status_code == 206 and r.content == TEXT[100:200]
+    assert r.headers["content-range"] == f"bytes 100-199/{len(TEXT)}"
+    lie = {"Content-Length": "10", "Content-Range": "bytes 0-9/999999999"}
+    await put_faults(
+        client, {"rules": [{"route": "enos.download", "kind": "headers", "headers": lie}]}
+    )
+    r = await client.get(DL, headers={**h, "Range": "bytes=0-99"})
+    assert r.content == TEXT[:10] and r.headers["content-range"] == "bytes 0-9/999999999"
+    r = await client.put(
+        "/_admin/faults", json={"rules": [{"kind": "resize", "delta": 1, "fill": ""}]}
+    )
+    assert r.status_code == 400
+
+
+async def test_grow_a_page(client: httpx.AsyncClient) -> None:
+    """``patch`` with ``grow``: a 100,000-entry page, copies made distinct by ``unique``."""
+    grow = {"route": "koodrive.list", "kind": "patch", "match": {}, "grow": {"files": 100_000}}
+    await put_faults(client, {"rules": [{**grow, "unique": ["id", "fileName"]}]})
+    body = {"containerId": PERSONAL, "parentFileId": "root"}
+    files = (await client.post(LIST, headers=KOO, json=body)).json()["files"]
+    assert len(files) == 100_000 == len({f["id"] for f in files})
+    await put_faults(client, {"rules": [{**grow, "grow": {"files": 300}}]})
+    files = (await client.post(LIST, headers=KOO, json=body)).json()["files"]
+    assert len(files) == 300 and len({f["id"] for f in files}) == 100  # duplicates
+
+
+async def test_recorded_answers_and_secrets(client: httpx.AsyncClient, clock: FakeClock) -> None:
+    """``record_answers`` keeps the handler's JSON answers (before patches) for a hostile test
+    to mutate; ``/_admin/secrets`` names what a leak test greps for."""
+    await put_faults(
+        client,
+        {
+            "record_answers": 2,
+            "rules": [{"route": "koodrive.list", "kind": "patch", "set": {"msg": "patched"}}],
+        },
+    )
+    body = {"containerId": PERSONAL, "parentFileId": "root"}
+    for _ in range(3):
+        assert (await client.post(LIST, headers=KOO, json=body)).json()["msg"] == "patched"
+    h = await enos_headers(client, clock)
+    got = (await client.get("/_admin/answers?route=koodrive.*")).json()["answers"]
+    assert len(got) == 2 and got[0]["route"] == "koodrive.list" and got[0]["status"] == 200
+    assert got[0]["json"]["msg"] == "success" and got[0]["path"] == LIST
+    assert (await client.get("/_admin/answers?route=enos.token.get")).json()["answers"]
+    secrets = (await client.get("/_admin/secrets")).json()
+    assert h["apim-accesstoken"] in secrets["tokens"]
+    assert secrets["credentials"]["koodrive"]["token"].endswith(KOO_TOKEN)
+    assert (await client.delete("/_admin/answers")).status_code == 200
+    assert (await client.get("/_admin/answers")).json()["answers"] == []

@@ -13,10 +13,7 @@ import hashlib
 import io
 import json
 import re
-import signal
 import ssl
-import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -55,6 +52,7 @@ from huaweicloudsdkroma.v2 import (
 
 from fusefs.emulator.app import create_app
 from fusefs.emulator.faults import FaultPlan
+from fusefs.testbed import running_emulator
 
 from .conftest import (
     APP_KEY,
@@ -88,27 +86,10 @@ BASE_PLAN = {"roma_job_delay": 0.2, "iotda_task_delay": 0.2}
 def emulator(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``python -m fusefs.emulator`` on 127.0.0.1 (port 0), one for this module."""
     tmp = tmp_path_factory.mktemp("sdk-emulator")
-    port_file = tmp / "port"
     faults = tmp / "faults.json"
     faults.write_text(json.dumps(BASE_PLAN))
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "fusefs.emulator", "--world", str(world_dir)),
-            *("--port-file", str(port_file), "--faults", str(faults)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not port_file.exists():
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "no port file"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{int(port_file.read_text())}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
+    with running_emulator(world_dir, tmp, faults=faults) as url:
+        yield url
 
 
 @pytest.fixture

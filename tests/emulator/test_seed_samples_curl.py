@@ -23,8 +23,8 @@ from urllib.parse import quote
 
 import pytest
 
-from fusefs.demo import running_emulator
 from fusefs.emulator.world import generate
+from fusefs.testbed import running_emulator
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 
@@ -82,7 +82,8 @@ class Env:
         raise AssertionError(f"no {provider} entry {match} in manifest.json")
 
     def expected(self, entry: JSON) -> bytes:
-        return (self.dir / "expected" / entry["path"]).read_bytes()
+        path: str = entry["path"]
+        return (self.dir / "expected" / path).read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,15 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+from fusefs.testbed import running_emulator
 
 from .conftest import APP_KEY, APP_SECRET, ORG, TEXT, TEXT_URI
 
@@ -23,35 +23,11 @@ pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl
 
 @pytest.fixture
 def server(world_dir: Path, tmp_path: Path) -> Iterator[str]:
-    port_file = tmp_path / "port"
     faults = tmp_path / "faults.toml"
     faults.write_text("enos_token_lifetime = 100\n")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fusefs.emulator",
-            "--world",
-            str(world_dir),
-            "--port-file",
-            str(port_file),
-            "--faults",
-            str(faults),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not port_file.exists():
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "no port file"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{int(port_file.read_text())}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
-    assert not port_file.exists()
+    with running_emulator(world_dir, tmp_path, faults=faults) as url:
+        yield url
+    assert not (tmp_path / "emulator.port").exists()  # the server removes it as it stops
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[bytes]:

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fusefs.demo import demo_config
+from fusefs import daemon
+from fusefs.daemon import Daemon, StartError, UnmountError
+from fusefs.daemon import is_mounted as is_mounted  # the tests import it from here
+from fusefs.testbed import demo_config
 
 # Tests shorten IoTDA's 1-download-per-30-s rule (emulator and client alike) to keep runs short;
 # the rule itself is tested with its own window.
@@ -37,30 +40,20 @@ def fuse_available() -> bool:
     return True
 
 
-def is_mounted(mnt: Path) -> bool:
-    """In the mount table, alive or dead (``os.path.ismount`` says False for a dead FUSE mount)."""
-    from fusefs.control import mount_table
-
-    path = Path(mnt).absolute()
-    real = os.fsencode(Path(os.path.realpath(path.parent)) / path.name)
-    return any(mp == real for mp, _, _ in mount_table())
-
-
 def unmount(proc: subprocess.Popen[bytes] | None, mnt: Path) -> int | None:
-    fusermount = shutil.which("fusermount3") or "fusermount"
-    for args in (["-u"], ["-u", "-z"]):
-        if is_mounted(mnt):
-            subprocess.run([fusermount, *args, str(mnt)], check=False, capture_output=True)
-            time.sleep(0.05)
+    """Unmount from outside (lazily if need be), then wait for the daemon (killed after 15 s):
+    its exit status. Asserts that nothing is left mounted."""
+    with contextlib.suppress(UnmountError):  # not mounted, or busy even lazily
+        daemon.unmount(mnt, lazy=True)
     rc = None
     if proc is not None:
         try:
-            rc = proc.wait(timeout=15)
+            rc = proc.wait(timeout=daemon.STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             proc.kill()
             rc = proc.wait()
-    if is_mounted(mnt):
-        subprocess.run([fusermount, "-u", "-z", str(mnt)], check=False)
+    with contextlib.suppress(UnmountError):  # a killed daemon leaves its mount dead
+        daemon.unmount(mnt, lazy=True)
     assert not is_mounted(mnt), f"{mnt} is still mounted"
     return rc
 
@@ -104,42 +97,26 @@ class Mount:
         return self.log.read_text(errors="replace")
 
 
-def spawn_daemon(
-    config: Path, mnt: Path, env: dict[str, str], log: Path, *extra: str
-) -> subprocess.Popen[bytes]:
+def spawn_daemon(config: Path, mnt: Path, env: dict[str, str], log: Path, *extra: str) -> Daemon:
     """`fusefs mount --foreground` in a subprocess, logging to ``log`` (the caller unmounts)."""
     SPAWNED_MOUNTS.add(Path(mnt))
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fusefs",
-                "mount",
-                "--foreground",
-                *extra,
-                "--config",
-                str(config),
-                str(mnt),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            env=env,
-        )
+    return daemon.spawn(config, mnt, log, options=extra, env=env)
 
 
 def wait_for_mount(
-    proc: subprocess.Popen[bytes], mnt: Path, log: Path, timeout: float = 20
+    proc: Daemon, mnt: Path | None = None, log: Path | None = None, timeout: float = 20
 ) -> None:
+    """Until the daemon says the mount is up and it answers (``os.path.ismount`` asks it); else
+    fail with the end of its log. (``mnt`` and ``log`` are those ``spawn_daemon`` was given:
+    the daemon knows them.)"""
     deadline = time.monotonic() + timeout
-    while not os.path.ismount(mnt):
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"daemon exited with {proc.returncode}:\n{log.read_text(errors='replace')}"
-            )
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no mount after {timeout}s:\n{log.read_text(errors='replace')}")
+    try:
+        proc.wait_ready(timeout)
+    except StartError as exc:
+        raise AssertionError(f"{exc}\n{exc.log_tail}") from None
+    while not os.path.ismount(proc.mountpoint):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{proc.mountpoint} does not answer:\n{proc.log_tail()}")
         time.sleep(0.02)
 
 

@@ -12,10 +12,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fusefs.demo import demo_config, running_emulator
+from fusefs.testbed import demo_config, running_emulator
 from tests.helpers.mounting import (
     Emulator,
     cache_stats,
@@ -51,7 +52,7 @@ def sent_bytes(emulator: Emulator, route: str) -> int:
     return int(raw.get("bytes", {}).get(route, 0))
 
 
-def ranged(world: Path) -> list[dict]:
+def ranged(world: Path) -> list[dict[str, Any]]:
     return [f for f in manifest(world) if f["provider"] in ("koodrive", "enos") and f["size"] > 0]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fusefs.demo import demo_config
+from fusefs.testbed import demo_config
 from tests.helpers.mounting import Emulator, mounted, spawn_daemon, unmount, wait_for_mount
 
 

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mounting import unmount
+from tests.helpers.mounting import is_mounted, unmount
 
 pytestmark = pytest.mark.fuse
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_demo_mounts_and_a_signal_stops_everything(tmp_path: Path, sig: signal.Signals) -> None:
-    """Ctrl-C (SIGINT), SIGTERM, and SIGHUP (its terminal closed) stop the demo alike."""
+def start_demo(tmp_path: Path) -> subprocess.Popen[str]:
+    """`fusefs demo` of the tiny world at tmp_path/mnt, once it is mounted."""
     mnt = tmp_path / "mnt"
     proc = subprocess.Popen(
         [
@@ -37,12 +36,22 @@ def test_demo_mounts_and_a_signal_stops_everything(tmp_path: Path, sig: signal.S
         stderr=subprocess.STDOUT,
         text=True,
     )
+    deadline = time.monotonic() + 60
+    while not os.path.ismount(mnt):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, _ = proc.communicate()
+            raise AssertionError(f"the demo did not mount within 60 s:\n{out}")
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_demo_mounts_and_a_signal_stops_everything(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C (SIGINT), SIGTERM, and SIGHUP (its terminal closed) stop the demo alike."""
+    mnt = tmp_path / "mnt"
+    proc = start_demo(tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while not os.path.ismount(mnt):
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "the demo did not mount within 60 s"
-            time.sleep(0.1)
         for sub in ("enos", "koodrive", "iotda/exports", "roma"):
             assert os.listdir(mnt / sub), sub
         proc.send_signal(sig)  # maybe before the banner is out
@@ -56,6 +65,23 @@ def test_demo_mounts_and_a_signal_stops_everything(tmp_path: Path, sig: signal.S
         unmount(None, mnt)
     # no emulator or daemon left running
     assert not [pid for pid in processes() if str(tmp_path / "demo") in cmdline(pid)]
+
+
+def test_demo_killed_by_sigkill_takes_its_children_along(tmp_path: Path) -> None:
+    """`kill -9` of the demo: its daemon and emulator get SIGTERM from the kernel
+    (PR_SET_PDEATHSIG); the daemon unmounts on it as on any SIGTERM."""
+    mnt = tmp_path / "mnt"
+    proc = start_demo(tmp_path)
+    try:
+        proc.kill()
+        proc.communicate(timeout=10)
+        deadline = time.monotonic() + 20
+        while left := [pid for pid in processes() if str(tmp_path / "demo") in cmdline(pid)]:
+            assert time.monotonic() < deadline, [cmdline(pid) for pid in left]
+            time.sleep(0.1)
+        assert not is_mounted(mnt)
+    finally:
+        unmount(None, mnt)
 
 
 def processes() -> list[int]:

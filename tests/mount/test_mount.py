@@ -11,6 +11,7 @@ import subprocess
 import tarfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.fuse
 
 def manifest(world: Path) -> list[dict[str, Any]]:
     data = json.loads((world / "manifest.json").read_text())
-    return data["files"] if isinstance(data, dict) else data
+    files: list[dict[str, Any]] = data["files"] if isinstance(data, dict) else data
+    return files
 
 
 def md5(path: Path) -> str:
@@ -59,7 +61,7 @@ def test_tools_read_the_worlds_bytes(world_tiny: Path, emulator: Emulator, workd
             assert md5(m.path / f["path"]) == f["md5"], f["path"]
         # cp -r of the koodrive tree, then compare
         dest = workdir / "copy"
-        r = run("cp", "-r", str(m.path / "koodrive"), str(dest))
+        r: subprocess.CompletedProcess[Any] = run("cp", "-r", str(m.path / "koodrive"), str(dest))
         assert r.returncode == 0, r.stderr
         r = run("diff", "-r", str(world_tiny / "expected" / "koodrive"), str(dest))
         assert r.returncode == 0, r.stdout[-2000:]
@@ -124,7 +126,7 @@ def test_random_preads(world_tiny: Path, emulator: Emulator, workdir: Path) -> N
 def test_read_only(world_tiny: Path, emulator: Emulator, workdir: Path) -> None:
     with mounted(world_tiny, emulator.url, workdir) as m:
         some = next(p for p in (m.path / "iotda" / "exports").iterdir())
-        cases = [
+        cases: list[Callable[[], object]] = [
             lambda: open(m.path / "koodrive" / "new.txt", "w"),
             lambda: open(some, "r+b"),
             lambda: os.mkdir(m.path / "koodrive" / "d"),

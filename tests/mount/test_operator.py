@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fusefs.demo import demo_config
+from fusefs.testbed import demo_config
 from tests.helpers.mounting import (
     SPAWNED_MOUNTS,
     Emulator,

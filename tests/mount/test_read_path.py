@@ -9,6 +9,7 @@ import hashlib
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.fuse
 SEG = 64 << 10
 
 
-def big_koodrive(world: Path) -> dict:
+def big_koodrive(world: Path) -> dict[str, Any]:
     return max((f for f in manifest(world) if f["provider"] == "koodrive"), key=lambda f: f["size"])
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from fusefs.config import MountConfig, load_config
+from fusefs.config import MountConfig
 from fusefs.providers._http import RetryPolicy
 from fusefs.providers.base import EntryKind, ObjectRef, Provider, RemoteEntry
-from fusefs.providers.registry import build_providers
+from fusefs.providers.registry import build_providers, load_config
 
 BASE = "http://emulator.invalid"
 FAST = RetryPolicy(attempts=6, base_delay=0.001, max_delay=0.01, unavailable_attempts=2)
@@ -69,9 +69,9 @@ EnvFactory = Callable[..., Any]
 
 @pytest.fixture
 async def make_env(world_tiny: Path, tmp_path: Path) -> AsyncIterator[EnvFactory]:
-    from fusefs.demo import demo_config
     from fusefs.emulator.app import create_app
     from fusefs.emulator.faults import FaultPlan
+    from fusefs.testbed import demo_config
 
     clients: list[httpx.AsyncClient] = []
 
@@ -84,8 +84,11 @@ async def make_env(world_tiny: Path, tmp_path: Path) -> AsyncIterator[EnvFactory
         retry: RetryPolicy = FAST,
     ) -> Env:
         plan = FaultPlan.from_json({"iotda_download_window": iotda_interval, **(faults or {})})
-        kwargs = {} if emulator_clock is None else {"clock": emulator_clock}
-        app = create_app(world_tiny, plan, **kwargs)
+        app = (
+            create_app(world_tiny, plan)
+            if emulator_clock is None
+            else create_app(world_tiny, plan, clock=emulator_clock)
+        )
         # raise_app_exceptions=False: an injected connection reset ends the body early, as a socket
         # would (ASGITransport buffers the body, so the cut shows as a short body)
         client = httpx.AsyncClient(
@@ -96,8 +99,8 @@ async def make_env(world_tiny: Path, tmp_path: Path) -> AsyncIterator[EnvFactory
         env_vars = demo_config(world_tiny, BASE, tmp_path / "cache", cfg_path)
         cfg = load_config(cfg_path, env_vars)
         assert cfg.iotda is not None
-        cfg = dataclasses.replace(
-            cfg, iotda=dataclasses.replace(cfg.iotda, download_interval=iotda_interval)
+        cfg = cfg.with_section(
+            "iotda", dataclasses.replace(cfg.iotda, download_interval=iotda_interval)
         )
         providers = build_providers(
             cfg, client, clock=provider_clock or (emulator_clock or __import__("time").time),

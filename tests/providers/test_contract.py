@@ -13,7 +13,7 @@ import pytest
 
 from fusefs.providers.base import EntryKind, Provider
 
-from .conftest import md5, read_all, walk
+from .conftest import EnvFactory, md5, read_all, walk
 
 PROVIDERS = ["enos", "koodrive", "iotda", "roma"]
 
@@ -27,7 +27,9 @@ def expected(manifest: list[dict[str, Any]], name: str) -> Counter[tuple[Any, ..
 
 
 @pytest.mark.parametrize("name", PROVIDERS)
-async def test_tree_and_bytes_match_the_world(make_env, manifest, name: str) -> None:
+async def test_tree_and_bytes_match_the_world(
+    make_env: EnvFactory, manifest: list[dict[str, Any]], name: str
+) -> None:
     env = await make_env()
     provider: Provider = env.providers[name]
     files = await walk(provider)
@@ -47,7 +49,7 @@ async def test_tree_and_bytes_match_the_world(make_env, manifest, name: str) -> 
 
 
 @pytest.mark.parametrize("name", PROVIDERS)
-async def test_root_lists_directories_with_unique_keys(make_env, name: str) -> None:
+async def test_root_lists_directories_with_unique_keys(make_env: EnvFactory, name: str) -> None:
     env = await make_env()
     provider = env.providers[name]
     root = await provider.list_dir("")
@@ -56,7 +58,7 @@ async def test_root_lists_directories_with_unique_keys(make_env, name: str) -> N
 
 
 @pytest.mark.parametrize("name", ["enos", "koodrive"])
-async def test_ranged_reads_return_the_exact_slice(make_env, name: str) -> None:
+async def test_ranged_reads_return_the_exact_slice(make_env: EnvFactory, name: str) -> None:
     env = await make_env()
     provider = env.providers[name]
     files = [e for _, e in await walk(provider) if e.size and e.size > 10]
@@ -71,7 +73,7 @@ async def test_ranged_reads_return_the_exact_slice(make_env, name: str) -> None:
             )
 
 
-async def test_enos_firmware_only_for_devices_and_named_with_version(make_env) -> None:
+async def test_enos_firmware_only_for_devices_and_named_with_version(make_env: EnvFactory) -> None:
     env = await make_env()
     provider = env.providers["enos"]
     for org in env.world["enos"]["orgs"]:
@@ -89,3 +91,10 @@ async def test_enos_firmware_only_for_devices_and_named_with_version(make_env) -
                     if f["productKey"] == devices[asset.name]
                 }
                 assert {f.remote_id for f in fws} == want
+
+
+def test_every_registered_provider_is_in_this_suite() -> None:
+    """Adding a provider (docs/architecture.md, "Adding a provider") includes its entry here."""
+    from fusefs.providers.registry import REGISTRY
+
+    assert list(REGISTRY) == PROVIDERS

@@ -16,7 +16,7 @@ from fusefs.providers.enos import EnosProvider
 from fusefs.providers.koodrive import KoodriveProvider
 from fusefs.providers.roma import RomaProvider
 
-from .conftest import walk
+from .conftest import EnvFactory, walk
 
 MISSING = object()
 BAD_SIZES: list[Any] = [MISSING, -5, 2**63, 10**30, "abc", "-5", "1.5", 1.5, 1.0, None, True, [1]]
@@ -127,7 +127,7 @@ def test_one_line_formatter_escapes_the_whole_record() -> None:
 
 @pytest.mark.parametrize("value", BAD_SIZES)
 async def test_koodrive_bad_size_skips_that_entry_only(
-    make_env, caplog: pytest.LogCaptureFixture, value: Any
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture, value: Any
 ) -> None:
     env = await make_env()
     kd = env.providers["koodrive"]
@@ -148,7 +148,7 @@ async def test_koodrive_bad_size_skips_that_entry_only(
                                     {"set": {"fileName": None}}, {"set": {"id": 7}},
                                     {"set": {"id": "a\nb"}}])  # fmt: skip
 async def test_koodrive_bad_name_or_id_skips_that_entry_only(
-    make_env, caplog: pytest.LogCaptureFixture, change: dict[str, Any]
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture, change: dict[str, Any]
 ) -> None:
     env = await make_env()
     kd = env.providers["koodrive"]
@@ -166,7 +166,7 @@ async def test_koodrive_bad_name_or_id_skips_that_entry_only(
 
 
 async def test_koodrive_bad_times_are_zero_and_logged_once(
-    make_env, caplog: pytest.LogCaptureFixture
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     env = await make_env()
     kd = env.providers["koodrive"]
@@ -177,13 +177,11 @@ async def test_koodrive_bad_times_are_zero_and_logged_once(
     caplog.set_level(logging.WARNING)
     after = await kd.list_dir(key)
     assert len(after) == len(before)
-    assert all(
-        e.mtime_ns == 0 or e.kind is EntryKind.DIR for e in after if e.kind is EntryKind.FILE
-    )
+    assert all(e.mtime_ns == 0 for e in after if e.kind is EntryKind.FILE)
     assert len([r for r in caplog.records if "editedTime" in r.getMessage()]) == 1
 
 
-async def test_koodrive_integer_cursor_is_an_error_not_the_end(make_env) -> None:
+async def test_koodrive_integer_cursor_is_an_error_not_the_end(make_env: EnvFactory) -> None:
     env = await make_env(faults={"koodrive_page_limit": 1})
     kd = env.providers["koodrive"]
     key, _ = await koodrive_folder(kd)
@@ -193,7 +191,7 @@ async def test_koodrive_integer_cursor_is_an_error_not_the_end(make_env) -> None
 
 
 async def test_koodrive_endless_cursors_stop_at_the_page_cap(
-    make_env, monkeypatch: pytest.MonkeyPatch
+    make_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import fusefs.providers.koodrive as koodrive
 
@@ -216,7 +214,7 @@ def _budget(**kw: int) -> Any:
     return make
 
 
-async def test_koodrive_entries_cap(make_env, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_koodrive_entries_cap(make_env: EnvFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     import fusefs.providers.koodrive as koodrive
 
     env = await make_env()
@@ -227,7 +225,7 @@ async def test_koodrive_entries_cap(make_env, monkeypatch: pytest.MonkeyPatch) -
         await kd.list_dir(key)
 
 
-async def test_koodrive_missing_download_link_is_eio_not_estale(make_env) -> None:
+async def test_koodrive_missing_download_link_is_eio_not_estale(make_env: EnvFactory) -> None:
     from fusefs.providers.base import ObjectRef
 
     env = await make_env()
@@ -259,7 +257,7 @@ async def enos_files_dir(enos: EnosProvider) -> tuple[str, list[RemoteEntry]]:
 
 @pytest.mark.parametrize("value", BAD_SIZES)
 async def test_enos_bad_file_size_skips_that_file_only(
-    make_env, caplog: pytest.LogCaptureFixture, value: Any
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture, value: Any
 ) -> None:
     env = await make_env()
     enos = env.providers["enos"]
@@ -279,7 +277,7 @@ async def test_enos_bad_file_size_skips_that_file_only(
 
 
 async def test_enos_bad_name_skips_that_file_and_a_bad_md5_is_unknown(
-    make_env, caplog: pytest.LogCaptureFixture
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     env = await make_env()
     enos = env.providers["enos"]
@@ -297,7 +295,7 @@ async def test_enos_bad_name_skips_that_file_and_a_bad_md5_is_unknown(
 
 
 async def test_enos_bad_firmware_size_skips_that_firmware_only(
-    make_env, caplog: pytest.LogCaptureFixture
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     env = await make_env()
     enos = env.providers["enos"]
@@ -315,7 +313,7 @@ async def test_enos_bad_firmware_size_skips_that_firmware_only(
 
 
 async def test_enos_endless_pages_stop_at_the_cap(
-    make_env, monkeypatch: pytest.MonkeyPatch
+    make_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import fusefs.providers.enos as enos_mod
 
@@ -347,7 +345,7 @@ async def roma_archives(roma: RomaProvider) -> tuple[str, list[RemoteEntry]]:
 @pytest.mark.parametrize("change", [{"archive_id": 5}, {"archive_id": ".."}, {"status": None},
                                     {"archive_id": "a\nb"}, {"end_time": "never"}])  # fmt: skip
 async def test_roma_bad_job_fields_skip_that_job_only(
-    make_env, caplog: pytest.LogCaptureFixture, change: dict[str, Any]
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture, change: dict[str, Any]
 ) -> None:
     env = await make_env()
     roma = env.providers["roma"]
@@ -379,7 +377,7 @@ async def _iotda_exports(iot: Any) -> list[RemoteEntry]:
                                     {"set": {"export_task_id": "../x"}},
                                     {"set": {"export_task_id": ".."}}])  # fmt: skip
 async def test_iotda_bad_task_id_skips_that_export_only(
-    make_env, caplog: pytest.LogCaptureFixture, change: dict[str, Any]
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture, change: dict[str, Any]
 ) -> None:
     env = await make_env()
     iot = env.providers["iotda"]
@@ -400,7 +398,7 @@ async def test_iotda_bad_task_id_skips_that_export_only(
 
 
 async def test_iotda_bad_end_time_is_zero_and_logged_once(
-    make_env, caplog: pytest.LogCaptureFixture
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     env = await make_env()
     iot = env.providers["iotda"]
@@ -413,7 +411,7 @@ async def test_iotda_bad_end_time_is_zero_and_logged_once(
     assert len([r for r in caplog.records if "end_time" in r.getMessage()]) == 1
 
 
-async def test_iotda_integer_marker_is_an_error_not_the_end(make_env) -> None:
+async def test_iotda_integer_marker_is_an_error_not_the_end(make_env: EnvFactory) -> None:
     env = await make_env()
     iot = env.providers["iotda"]
     assert len(await _iotda_exports(iot)) >= 2

@@ -4,23 +4,26 @@ the IoTDA download window, ROMA one-shot, retries, unreachable services."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from fusefs.providers._http import RetryPolicy
 from fusefs.providers.base import (
     EntryKind,
     ObjectRef,
     OneShotConsumed,
+    RemoteEntry,
     TransientError,
     Unavailable,
 )
 from fusefs.providers.enos import EnosProvider
 from fusefs.providers.koodrive import KoodriveProvider
 
-from .conftest import FakeClock, md5, read_all, ref_of, walk
+from .conftest import EnvFactory, FakeClock, md5, read_all, ref_of, walk
 
 
 def token_calls(stats: dict[str, int]) -> int:
@@ -30,7 +33,9 @@ def token_calls(stats: dict[str, int]) -> int:
 # ---- EnOS auth ---------------------------------------------------------------------------------
 
 
-async def test_enos_token_expiry_mid_session_one_refresh_for_many_callers(make_env) -> None:
+async def test_enos_token_expiry_mid_session_one_refresh_for_many_callers(
+    make_env: EnvFactory,
+) -> None:
     clock = FakeClock()
     env = await make_env(emulator_clock=clock)
     enos = env.providers["enos"]
@@ -44,7 +49,7 @@ async def test_enos_token_expiry_mid_session_one_refresh_for_many_callers(make_e
     assert token_calls(await env.stats()) == 2  # one new token for all the concurrent callers
 
 
-async def test_enos_401_gets_a_fresh_token_and_retries_once(make_env) -> None:
+async def test_enos_401_gets_a_fresh_token_and_retries_once(make_env: EnvFactory) -> None:
     env = await make_env()
     enos = env.providers["enos"]
     org = env.world["enos"]["orgs"][0]["orgId"]
@@ -56,7 +61,7 @@ async def test_enos_401_gets_a_fresh_token_and_retries_once(make_env) -> None:
     assert stats["enos.token.get"] == 2
 
 
-async def test_enos_refreshes_before_expiry(make_env) -> None:
+async def test_enos_refreshes_before_expiry(make_env: EnvFactory) -> None:
     clock = FakeClock()
     env = await make_env(emulator_clock=clock)
     enos = env.providers["enos"]
@@ -69,7 +74,7 @@ async def test_enos_refreshes_before_expiry(make_env) -> None:
     assert stats["enos.token.get"] == 1
 
 
-async def test_enos_server_ignoring_range_is_tolerated(make_env) -> None:
+async def test_enos_server_ignoring_range_is_tolerated(make_env: EnvFactory) -> None:
     env = await make_env(faults={"enos_range": False})
     enos = env.providers["enos"]
     files = [e for _, e in await walk(enos) if e.size and e.size > 100]
@@ -77,7 +82,7 @@ async def test_enos_server_ignoring_range_is_tolerated(make_env) -> None:
     assert await read_all(enos, files[0], 50, 20) == whole[50:70]
 
 
-async def test_enos_5xx_and_429_are_retried(make_env) -> None:
+async def test_enos_5xx_and_429_are_retried(make_env: EnvFactory) -> None:
     env = await make_env()
     enos = env.providers["enos"]
     org = env.world["enos"]["orgs"][0]["orgId"]
@@ -90,7 +95,7 @@ async def test_enos_5xx_and_429_are_retried(make_env) -> None:
     assert stats["enos.asset.search"] >= 3
 
 
-async def test_enos_download_cut_midway_resumes(make_env) -> None:
+async def test_enos_download_cut_midway_resumes(make_env: EnvFactory) -> None:
     env = await make_env()
     enos = env.providers["enos"]
     big = max((e for _, e in await walk(enos)), key=lambda e: e.size or 0)
@@ -100,7 +105,7 @@ async def test_enos_download_cut_midway_resumes(make_env) -> None:
     assert md5(await read_all(enos, big)) == md5(want)
 
 
-async def test_persistent_5xx_gives_transient_error(make_env) -> None:
+async def test_persistent_5xx_gives_transient_error(make_env: EnvFactory) -> None:
     env = await make_env()
     enos = env.providers["enos"]
     org = env.world["enos"]["orgs"][0]["orgId"]
@@ -126,7 +131,9 @@ async def test_connection_refused_is_unavailable() -> None:
 # ---- KooDrive ----------------------------------------------------------------------------------
 
 
-async def test_koodrive_short_and_empty_pages(make_env, manifest) -> None:
+async def test_koodrive_short_and_empty_pages(
+    make_env: EnvFactory, manifest: list[dict[str, Any]]
+) -> None:
     env = await make_env(faults={"koodrive_page_limit": 3, "koodrive_empty_every": 2})
     kd = env.providers["koodrive"]
     got = sorted(e.remote_id for _, e in await walk(kd))
@@ -134,7 +141,7 @@ async def test_koodrive_short_and_empty_pages(make_env, manifest) -> None:
     assert got == want
 
 
-async def test_koodrive_link_expiry_and_cut_mid_stream_resume(make_env) -> None:
+async def test_koodrive_link_expiry_and_cut_mid_stream_resume(make_env: EnvFactory) -> None:
     emu_clock = FakeClock()
     env = await make_env(emulator_clock=emu_clock, provider_clock=FakeClock())
     kd = env.providers["koodrive"]
@@ -157,7 +164,7 @@ async def test_koodrive_link_expiry_and_cut_mid_stream_resume(make_env) -> None:
     assert (await env.stats())["koodrive.download_links"] == 2
 
 
-async def test_koodrive_links_are_batched(make_env) -> None:
+async def test_koodrive_links_are_batched(make_env: EnvFactory) -> None:
     env = await make_env()
     kd = env.providers["koodrive"]
     assert isinstance(kd, KoodriveProvider)
@@ -174,10 +181,10 @@ async def test_koodrive_links_are_batched(make_env) -> None:
     assert calls == sum(math.ceil(c / 100) for c in by_container.values())
 
 
-async def test_koodrive_sequential_opens_after_listing_share_one_call(make_env) -> None:
+async def test_koodrive_sequential_opens_after_listing_share_one_call(make_env: EnvFactory) -> None:
     env = await make_env()
     kd = env.providers["koodrive"]
-    folders: dict[tuple[str, ...], list] = {}
+    folders: dict[tuple[str, ...], list[RemoteEntry]] = {}
     for path, e in await walk(kd):
         folders.setdefault(path[:-1], []).append(e)
     # the folder with the most files, listed again just before the opens
@@ -191,7 +198,7 @@ async def test_koodrive_sequential_opens_after_listing_share_one_call(make_env) 
     assert (await env.stats())["koodrive.download_links"] == math.ceil(len(top) / 100)
 
 
-async def _folder_key(kd, entry) -> str:
+async def _folder_key(kd: KoodriveProvider, entry: RemoteEntry) -> str:
     """The directory key whose listing holds ``entry`` (breadth-first search)."""
     queue = [""]
     while queue:
@@ -206,7 +213,9 @@ async def _folder_key(kd, entry) -> str:
 # ---- IoTDA -------------------------------------------------------------------------------------
 
 
-async def test_iotda_download_window_is_respected(make_env, autojump_clock) -> None:
+async def test_iotda_download_window_is_respected(
+    make_env: EnvFactory, autojump_clock: trio.testing.MockClock
+) -> None:
     env = await make_env(emulator_clock=lambda: 1_700_000_000 + trio.current_time(),
                          iotda_interval=30.0)  # fmt: skip
     iot = env.providers["iotda"]
@@ -219,19 +228,19 @@ async def test_iotda_download_window_is_respected(make_env, autojump_clock) -> N
 
 
 async def test_iotda_server_window_longer_than_ours_waits_and_retries(
-    make_env, autojump_clock
+    make_env: EnvFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
     env = await make_env(emulator_clock=lambda: 1_700_000_000 + trio.current_time(),
                          iotda_interval=30.0)  # fmt: skip
     iot = env.providers["iotda"]
-    iot.turns.interval = 5.0  # type: ignore[attr-defined]  # we believe 5 s, the server: 30 s
+    iot.turns.interval = 5.0  # we believe 5 s, the server: 30 s
     files = [e for _, e in await walk(iot)][:2]
     for e in files:
         assert await read_all(iot, e)
     assert (await env.statuses("iotda.download")).get("403", 0) >= 1
 
 
-async def test_iotda_throttling_403_is_retried(make_env) -> None:
+async def test_iotda_throttling_403_is_retried(make_env: EnvFactory) -> None:
     """IoTDA throttles with HTTP 403 IOTDA.021101 (not 429): listing and download retry it."""
     env = await make_env()
     iot = env.providers["iotda"]
@@ -245,7 +254,7 @@ async def test_iotda_throttling_403_is_retried(make_env) -> None:
     assert (await env.statuses("iotda.download")).get("403") == 1
 
 
-async def test_iotda_rejects_ranges(make_env) -> None:
+async def test_iotda_rejects_ranges(make_env: EnvFactory) -> None:
     env = await make_env()
     iot = env.providers["iotda"]
     e = (await walk(iot))[0][1]
@@ -256,7 +265,7 @@ async def test_iotda_rejects_ranges(make_env) -> None:
 # ---- ROMA --------------------------------------------------------------------------------------
 
 
-async def test_roma_second_download_is_one_shot_consumed(make_env) -> None:
+async def test_roma_second_download_is_one_shot_consumed(make_env: EnvFactory) -> None:
     env = await make_env()
     roma = env.providers["roma"]
     e = (await walk(roma))[0][1]
@@ -265,7 +274,7 @@ async def test_roma_second_download_is_one_shot_consumed(make_env) -> None:
         await read_all(roma, e)
 
 
-async def test_roma_cut_midway_is_one_shot_consumed_and_never_retried(make_env) -> None:
+async def test_roma_cut_midway_is_one_shot_consumed_and_never_retried(make_env: EnvFactory) -> None:
     env = await make_env()
     roma = env.providers["roma"]
     e = (await walk(roma))[0][1]
@@ -276,7 +285,7 @@ async def test_roma_cut_midway_is_one_shot_consumed_and_never_retried(make_env) 
     assert (await env.stats())["roma.download"] == 1
 
 
-async def test_roma_reset_midway_is_one_shot_consumed(make_env) -> None:
+async def test_roma_reset_midway_is_one_shot_consumed(make_env: EnvFactory) -> None:
     env = await make_env()
     roma = env.providers["roma"]
     e = (await walk(roma))[0][1]
@@ -287,14 +296,14 @@ async def test_roma_reset_midway_is_one_shot_consumed(make_env) -> None:
     assert (await env.stats())["roma.download"] == 1
 
 
-async def test_iam_token_shared_by_iotda_and_roma(make_env) -> None:
+async def test_iam_token_shared_by_iotda_and_roma(make_env: EnvFactory) -> None:
     env = await make_env()
     await walk(env.providers["iotda"])
     await walk(env.providers["roma"])
     assert (await env.stats())["iam.token"] == 1
 
 
-async def test_ref_of_unknown_key_is_not_found(make_env) -> None:
+async def test_ref_of_unknown_key_is_not_found(make_env: EnvFactory) -> None:
     env = await make_env()
     from fusefs.providers.base import ObjectNotFound
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fusefs.config import ConfigError, Secret, load_config
+from fusefs.config import ConfigError, Secret
+from fusefs.providers.registry import load_config
 
 ENV = {"KEY": "appkey-1", "SECRET": "s3cr3t-value", "TOK": "Bearer tok-xyz", "PW": "iam-pw-123"}
 
@@ -215,7 +216,8 @@ def test_koodrive_app_auth(tmp_path: Path) -> None:
 
 
 def test_http_section(tmp_path: Path) -> None:
-    from fusefs.config import ConfigError, parse_config
+    from fusefs.config import ConfigError
+    from fusefs.providers.registry import parse_config
 
     base = {"koodrive": {"url": "https://k", "token_env": "T", "containers": ["c"]}}
     env = {"T": "secret"}

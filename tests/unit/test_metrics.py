@@ -9,7 +9,8 @@ from fusefs import metrics
 
 def scrape(address: tuple[str, int]) -> str:
     with urllib.request.urlopen(f"http://{address[0]}:{address[1]}/metrics", timeout=5) as r:
-        return r.read().decode()
+        body: bytes = r.read()
+    return body.decode()
 
 
 def test_events_and_cache_figures_reach_the_endpoint() -> None:

@@ -72,7 +72,7 @@ async def setup(
 
 
 async def read_file(tree: VirtualTree, cache: BlockCache, ra: FolderReadAhead, node: Node) -> bytes:
-    """What fuse_ops does on open, then a whole read (as cp does)."""
+    """What Filesystem.open does, then a whole read (as cp does)."""
     assert node.provider is not None
     obj = cache.object(node.provider, tree.ref(node))
     if obj.size is None:

@@ -22,11 +22,14 @@ class ListingProvider(FakeProvider):
         self.calls = 0
         self.fail = False
         self.hang = False
+        self.error: Exception | None = None  # raised by every listing
 
     async def list_dir(self, key: str) -> list[RemoteEntry]:
         self.calls += 1
         if self.hang:
             await trio.sleep_forever()
+        if self.error is not None:
+            raise self.error
         if self.fail:
             raise TransientError("down", call="p.list")
         return list(self.tree.get(key, []))
@@ -53,7 +56,9 @@ def make_tree(tmp_path: Path, p: ListingProvider, clock: list[float]) -> Virtual
     )
 
 
-async def test_listing_is_cached_for_its_ttl_and_answers_lookups(tmp_path, clock) -> None:
+async def test_listing_is_cached_for_its_ttl_and_answers_lookups(
+    tmp_path: Path, clock: list[float]
+) -> None:
     p = ListingProvider()
     p.tree[""] = [entry(f"f{i}", f"id{i}") for i in range(50)]
     tree = make_tree(tmp_path, p, clock)
@@ -69,7 +74,9 @@ async def test_listing_is_cached_for_its_ttl_and_answers_lookups(tmp_path, clock
     assert p.calls == 2
 
 
-async def test_replaced_and_removed_entries_are_forgotten(tmp_path, clock) -> None:
+async def test_replaced_and_removed_entries_are_forgotten(
+    tmp_path: Path, clock: list[float]
+) -> None:
     p = ListingProvider()
     p.tree[""] = [entry("d", "D1", EntryKind.DIR), entry("f", "F1")]
     p.tree["D1"] = [entry(f"x{i}", f"X{i}") for i in range(100)]
@@ -86,7 +93,9 @@ async def test_replaced_and_removed_entries_are_forgotten(tmp_path, clock) -> No
     assert new_f.entry is not None and new_f.entry.remote_id == "F2"
 
 
-async def test_failed_or_hung_refresh_serves_the_old_listing(tmp_path, clock) -> None:
+async def test_failed_or_hung_refresh_serves_the_old_listing(
+    tmp_path: Path, clock: list[float]
+) -> None:
     p = ListingProvider()
     p.tree[""] = [entry("a", "A")]
     tree = make_tree(tmp_path, p, clock)

@@ -1,9 +1,10 @@
-"""Huawei IAM token source, shared by IoTDA and ROMA (one object, one token, one refresh at a time).
+"""What IoTDA and ROMA share: Huawei IAM (its ``[iam]`` section and one token source), the
+gateway's token rule and the error bodies of Huawei APIs.
 
-``POST /v3/auth/tokens`` (password method, project scope) answers 201 with the token in the
+IAM: ``POST /v3/auth/tokens`` (password method, project scope) answers 201 with the token in the
 ``X-Subject-Token`` header and ``token.expires_at`` (24 h) in the body. The token is cached and
 refreshed 10 minutes before it expires (or at half its life if it is shorter), and on demand after
-a 401 (``invalidate``).
+a rejection (``invalidate``). One source serves every provider of a mount (:func:`iam_source`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import trio
 
+from fusefs.config import Secret, Section, SectionSpec, known
+from fusefs.providers import _fields as fields
+from fusefs.providers._auth import TokenAuth
 from fusefs.providers._http import (
     DEFAULT_RETRY,
     RetryPolicy,
@@ -25,32 +29,120 @@ from fusefs.providers._http import (
     retry,
     short_body,
 )
-from fusefs.providers.base import AuthError, ProtocolError
+from fusefs.providers._spec import BuildContext
+from fusefs.providers.base import (
+    AuthError,
+    ObjectNotFound,
+    ProtocolError,
+    ProviderError,
+    TransientError,
+)
 
 log = logging.getLogger(__name__)
 
 REFRESH_MARGIN = 600.0
+NOT_FOUND = frozenset({"IOTDA.014802"})
+#: a token the gateway (APIG) or IoTDA rejects: one fresh token, then AuthError
+AUTH_CODES = frozenset({"IOTDA.000002", "IOTDA.000004", "APIG.0301", "APIG.0307"})
+THROTTLED = frozenset({"IOTDA.021101", "IOTDA.021102"})
 
 
-def parse_iso(value: object) -> float | None:
-    """ISO-8601 (``2020-01-04T09:05:22.701000Z``) → epoch seconds; ``None`` if not parseable."""
-    if not isinstance(value, str) or not value:
-        return None
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
+# ---- the [iam] section -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IamConfig:
+    url: str
+    user: str
+    domain: str
+    project: str
+    password: Secret
+
+
+def parse_iam(s: Section) -> IamConfig:
+    known(s, {"url", "user", "domain", "project", "password_env", "password_file", "password"})
+    return IamConfig(
+        url=s.url("url", "https://iam.myhuaweicloud.com"),
+        user=s.req_str("user"),
+        domain=s.req_str("domain"),
+        project=s.req_str("project"),
+        password=s.secret("password"),
+    )
+
+
+IAM_SECTION = SectionSpec(
+    "iam", parse_iam, what="IAM credentials", keys_hint="url, user, domain, project, password_env"
+)
+
+
+def iam_source(ctx: BuildContext) -> IamTokenSource:
+    """The mount's one IAM token source (IoTDA and ROMA share its token)."""
+
+    def make() -> IamTokenSource:
+        iam = ctx.cfg.sections.get("iam")
+        if not isinstance(iam, IamConfig):
+            raise ValueError("IoTDA/ROMA need an [iam] section")
+        return IamTokenSource(
+            ctx.client,
+            iam.url,
+            user=iam.user,
+            password=iam.password.reveal(),
+            domain=iam.domain,
+            project=iam.project,
+            clock=ctx.clock,
+            retry_policy=ctx.retry,
+        )
+
+    return ctx.shared("iam", make)
+
+
+# ---- errors and the token rule -----------------------------------------------------------------
+
+
+def huawei_error(resp: httpx.Response) -> tuple[str, str]:
+    """``(error_code, error_msg)`` of an IoTDA/ROMA/APIG error body (empty strings if absent)."""
     try:
-        dt = datetime.fromisoformat(text)
+        body: Any = resp.json()
     except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+        return "", short_body(resp.content)
+    if not isinstance(body, dict):
+        return "", ""
+    if isinstance(body.get("error"), dict):  # keystone shape
+        err = body["error"]
+        return str(err.get("code", "")), str(err.get("message", ""))
+    return str(body.get("error_code", "")), str(body.get("error_msg", ""))
 
 
-def iso_to_ns(value: object) -> int:
-    ts = parse_iso(value)
-    return 0 if ts is None else round(ts * 1000) * 1_000_000
+def classify_huawei(resp: httpx.Response, call: str) -> ProviderError:
+    code, msg = huawei_error(resp)
+    text = f"HTTP {resp.status_code} {code} {msg}".strip()
+    if code in NOT_FOUND or resp.status_code == 404:
+        return ObjectNotFound(text, call=call)
+    if code in THROTTLED:
+        return TransientError(text, call=call)
+    if code in AUTH_CODES or resp.status_code == 401:
+        return AuthError(text, call=call)
+    return error_for_status(resp.status_code, call, f"{code} {msg}".strip(), resp.headers)
+
+
+def is_token_rejected(resp: httpx.Response) -> bool:
+    """401, or a 403 whose code says the token is not valid (body read)."""
+    if resp.status_code == 401:
+        return True
+    code, _ = huawei_error(resp) if resp.status_code == 403 else ("", "")
+    return code in AUTH_CODES
+
+
+def iam_auth(source: IamTokenSource) -> TokenAuth:
+    """``X-Auth-Token`` from IAM, one fresh token after a rejection."""
+    return TokenAuth(source, "X-Auth-Token", is_token_rejected)
+
+
+def rejected_twice(call: str) -> AuthError:
+    return AuthError("IAM token rejected even after a fresh one", call=call)
+
+
+# ---- IAM tokens --------------------------------------------------------------------------------
 
 
 class IamTokenSource:
@@ -103,11 +195,12 @@ class IamTokenSource:
             raise ProtocolError("IAM token response has no token.project.id", call="iam.token")
         return self._project_id
 
-    async def invalidate(self, bad: str) -> None:
+    async def invalidate(self, bad: str) -> bool:
         """The server rejected ``bad``: the next ``token()`` gets a new one (once for many)."""
         async with self._lock:
             if self._token == bad:
                 self._token = None
+        return True
 
     async def _fetch(self) -> str:
         call = "iam.token"
@@ -146,7 +239,7 @@ class IamTokenSource:
         try:
             data: Any = resp.json()
             tok = data.get("token", {}) if isinstance(data, dict) else {}
-            expires = parse_iso(tok.get("expires_at"))
+            expires = fields.parse_iso(tok.get("expires_at"))
             proj = tok.get("project") or {}
             if isinstance(proj, dict) and isinstance(proj.get("id"), str):
                 self._project_id = proj["id"]

@@ -1,0 +1,138 @@
+"""Token auth, one rule for every provider: get a token, call, and after a rejection one fresh
+token and one more try (httpx's ``DigestAuth`` retries once on 401 the same way).
+
+A provider gives :class:`TokenAuth` three things: where tokens come from (a :class:`TokenSource`:
+EnOS's access token, Huawei IAM, a fixed KooDrive token, KooDrive's app signature), how a token
+goes into a request (a header name, or a function that signs the request), and when the server
+rejected it (``is_rejected``: EnOS says so in a 200 envelope, IAM with 403 codes too).
+
+API calls pass ``auth=`` to httpx. Resumable downloads (``_http.stream_range`` and the worker
+thread path ``_http.download_range``) use :meth:`TokenAuth.target`: the same source and rule.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from typing import Protocol
+
+import httpx
+
+from fusefs.providers._http import GetTarget, Target
+
+log = logging.getLogger(__name__)
+
+#: ``authorize(token, request)``: the headers that carry ``token`` on ``request``.
+Authorize = Callable[[str, httpx.Request], Mapping[str, str]]
+
+
+class TokenSource(Protocol):
+    """Where the tokens come from; refreshes are the source's business (single-flight)."""
+
+    async def token(self) -> str:
+        """A token believed valid now."""
+        ...
+
+    async def invalidate(self, bad: str) -> bool:
+        """The server rejected ``bad``: forget it. True if the next ``token()`` may differ
+        (false for a fixed token: trying again would only be rejected again)."""
+        ...
+
+
+class StaticToken:
+    """A fixed token from the configuration (KooDrive ``auth = "token"``): nothing to renew."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __repr__(self) -> str:
+        return "StaticToken(<hidden>)"
+
+    async def token(self) -> str:
+        return self._token
+
+    async def invalidate(self, bad: str) -> bool:
+        return False
+
+
+def _set_header(name: str) -> Authorize:
+    def authorize(token: str, request: httpx.Request) -> Mapping[str, str]:
+        return {name: token}
+
+    return authorize
+
+
+def rejected_401(response: httpx.Response) -> bool:
+    return response.status_code == 401
+
+
+class TokenAuth(httpx.Auth):
+    """``httpx.Auth`` that sets the token and, after a rejection, retries once with a fresh one.
+
+    The response of the second try is returned as it is: the provider's error parsing turns a
+    rejection that survived a fresh token into ``AuthError``. A response body is read only when
+    ``is_rejected`` may need it (not a 2xx, or ``check_ok_body``), so a download streams.
+    """
+
+    def __init__(
+        self,
+        source: TokenSource,
+        header: str | Authorize,
+        is_rejected: Callable[[httpx.Response], bool] = rejected_401,
+        *,
+        check_ok_body: bool = False,
+    ) -> None:
+        self.source = source
+        self._authorize: Authorize = header if callable(header) else _set_header(header)
+        self.is_rejected = is_rejected
+        self._check_ok_body = check_ok_body
+
+    def __repr__(self) -> str:
+        return f"TokenAuth({self.source!r})"
+
+    async def authorize(self, request: httpx.Request) -> str:
+        """Put a token on ``request``; return the token (to invalidate if it is rejected)."""
+        token = await self.source.token()
+        request.headers.update(self._authorize(token, request))
+        return token
+
+    async def renew(self, bad: str) -> bool:
+        """``bad`` was rejected: True if one more try with a fresh token makes sense."""
+        return await self.source.invalidate(bad)
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
+        raise RuntimeError("TokenAuth needs an httpx.AsyncClient")
+        yield request  # pragma: no cover
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        token = await self.authorize(request)
+        response = yield request
+        if self._check_ok_body or not response.is_success:
+            await response.aread()
+        if not self.is_rejected(response) or not await self.renew(token):
+            return
+        log.warning(
+            "%s %s: credentials rejected (HTTP %d); once more with fresh ones",
+            request.method,
+            request.url.path,
+            response.status_code,
+        )
+        await self.authorize(request)
+        yield request
+
+    def target(self, url: str, params: Mapping[str, str] | None = None) -> GetTarget:
+        """``get_target`` for a resumable download of ``url``: ``stale=True`` (the last target was
+        rejected by ``is_rejected``) invalidates the token it carried first."""
+        last: list[str] = []
+
+        async def get_target(stale: bool) -> Target:
+            if stale and last:
+                await self.renew(last[-1])
+            request = httpx.Request("GET", url, params=params)
+            token = await self.source.token()
+            last[:] = [token]
+            return Target(url, dict(self._authorize(token, request)), params)
+
+        return get_target
