@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from fusefs.cache.store import CORRUPT, BlockKey, BlockStore, ObjectMeta, object_id
+from fusefs.cache.tier import BlockId, BlockTier
 from fusefs.providers.base import (
     ObjectRef,
     OneShotConsumed,
@@ -141,6 +142,8 @@ class CacheCounters:
     misses: int = 0
     fetches: int = 0
     fetched_bytes: int = 0
+    tier_blocks: int = 0  # blocks taken from the fleet tier instead of the cloud
+    tier_waits: int = 0  # of those, blocks another host was downloading (waited for)
     not_persisted: int = 0  # pieces served but not written: the disk refused them
 
 
@@ -168,6 +171,7 @@ class _Sink:
         self.end = end
         self.in_thread = in_thread
         self.meta = meta  # written (once) before the first data, in the writing thread
+        self.publish = cache.tier is not None  # share full blocks (not those from the tier)
         self.ready: list[tuple[int, bytearray]] = []
         self.received_bytes = 0
         self.fetch_start = start
@@ -263,8 +267,10 @@ class BlockCache:
         memory_budget: int = 256 << 20,
         max_request: int = 64 << 20,
         max_read_ahead: int = 128 << 20,
+        tier: BlockTier | None = None,
     ) -> None:
         self.block_size = block_size
+        self.tier = tier  # the fleet's shared level, asked before the cloud (None: one host)
         self.store = BlockStore(root, block_size, max_bytes, min_free_ratio)
         self.seg = self.store.seg
         self.nseg = self.store.nseg
@@ -381,6 +387,8 @@ class BlockCache:
                 return
         except trio.RunFinishedError:
             raise _Stopped from None
+        if sink.publish:
+            self._publish(sink.obj, start, data)
         # the CRCs here, in the receiving threads (in parallel), not in the one writer
         self._wq.put((sink, start, data, self.store.crcs(data)))
 
@@ -399,6 +407,8 @@ class BlockCache:
     async def _queue_write(self, sink: _Sink, start: int, data: bytearray) -> None:
         """Async mode: serve the unit now, queue it for the writer."""
         self._arrived(sink.obj, start, data)
+        if sink.publish and self._is_full_block(sink.obj, start, len(data)):
+            self._publish(sink.obj, start, data)
         try:
             self._wq.put_nowait((sink, start, data, None))
         except queue.Full:
@@ -844,9 +854,106 @@ class BlockCache:
                 f.error = exc
                 f.event.set()
 
+    # -- the fleet tier ------------------------------------------------------------------------
+    def _bid(self, obj: CachedObject, index: int) -> BlockId:
+        r = obj.ref
+        return BlockId(r.provider, r.key, r.version, index, self.block_size)
+
+    def _publish(self, obj: CachedObject, start: int, data: bytearray) -> None:
+        """Any thread: share a full block just downloaded (ends this host's lease on it)."""
+        assert self.tier is not None
+        self.tier.publish(self._bid(obj, start // self.block_size), data)
+
+    def _block_span(self, obj: CachedObject, index: int) -> tuple[int, int]:
+        assert obj.size is not None
+        bs = self.block_size
+        return index * bs, min((index + 1) * bs, obj.size)
+
+    async def _from_tier(self, obj: CachedObject, pos: int, end: int) -> tuple[int, bool]:
+        """Serve [pos, end) from the tier, block by block, while it has the blocks (or another
+        host is downloading them). Returns where the cloud must take over, and whether this
+        host holds the lease of that block."""
+        tier = self.tier
+        assert tier is not None
+        while pos < end and tier.usable():
+            index = pos // self.block_size
+            b0, b1 = self._block_span(obj, index)
+            bid = self._bid(obj, index)
+            data = await tier.get(bid, b1 - b0)
+            if data is None:
+                if pos != b0 or end < b1:
+                    return pos, False  # a part of a block (a random read): the cloud, alone
+                if await tier.lease(bid):
+                    return pos, True
+                self.counters.tier_waits += 1
+                data = await tier.wait(bid, b1 - b0)
+                if data is None:  # the other host did not publish in time: fetch it here
+                    return pos, False
+            self.counters.tier_blocks += 1
+            sink = _Sink(self, obj, b0, b1, in_thread=False, meta=self._take_meta(obj))
+            sink.publish = False
+            await self._feed(sink, data)
+            pos = b1
+        return pos, False
+
+    async def _lease_run(self, obj: CachedObject, pos: int, end: int) -> tuple[int, list[int]]:
+        """After this host won the lease of the block at ``pos``: lease the blocks after it
+        while no other host has them; returns the end of the run to download and its leases."""
+        assert self.tier is not None
+        bs = self.block_size
+        leased = [pos // bs]
+        _, stop = self._block_span(obj, pos // bs)
+        while stop < end and self.tier.usable():
+            index = stop // bs
+            _, b1 = self._block_span(obj, index)
+            if end < b1 or not await self.tier.lease(self._bid(obj, index)):
+                break
+            leased.append(index)
+            stop = b1
+        return stop, leased
+
     async def _fetch_range(
         self, obj: CachedObject, start: int, end: int, flights: list[tuple[int, _Flight]]
     ) -> None:
+        """Fetch [start, end): through the fleet tier when there is one, else the cloud."""
+        tier = self.tier
+        if tier is None or obj.size is None:
+            await self._fetch_cloud(obj, start, end, flights)
+            return
+        pos = start
+        while pos < end:
+            indexes: list[int] = []
+            try:
+                pos, leased = await self._from_tier(obj, pos, end)
+                if pos >= end:
+                    return
+                if leased:
+                    stop, indexes = await self._lease_run(obj, pos, end)
+                elif tier.usable():  # this block from the cloud, then ask the tier again
+                    stop = min(end, self._block_span(obj, pos // self.block_size)[1])
+                else:
+                    stop = end
+            except Exception:  # a bug in the tier's path: the cloud serves the rest
+                log.exception("fleet tier: serving %s failed; reading from the cloud", obj.ref.key)
+                for index in indexes:
+                    tier.release(self._bid(obj, index))
+                await self._fetch_cloud(obj, pos, end, flights)
+                return
+            ok = False
+            try:
+                ok = await self._fetch_cloud(obj, pos, stop, flights)
+            finally:
+                if not ok:  # failed or cancelled: let another host try these blocks
+                    for index in indexes:
+                        tier.release(self._bid(obj, index))
+            if not ok:
+                return  # the waiting reads have their error
+            pos = stop
+
+    async def _fetch_cloud(
+        self, obj: CachedObject, start: int, end: int, flights: list[tuple[int, _Flight]]
+    ) -> bool:
+        """Download [start, end) from the provider; False: it failed (``flights`` failed)."""
         t_req = trio.current_time()
         reserved = await self.budget.acquire(self.block_size)
         t_got = trio.current_time()
@@ -875,6 +982,7 @@ class BlockCache:
                 t_got - t_req,
                 trio.current_time() - t_got,
             )
+            return True
         except Exception as exc:
             if isinstance(exc, ProviderError):
                 log.warning("fetch of %s bytes %d-%d failed: %s", obj.ref.key, sink.pos, end, exc)
@@ -886,6 +994,7 @@ class BlockCache:
             self._fail(obj, flights, exc.with_traceback(None))
             with trio.CancelScope(shield=True):  # a cancel here must not keep the space
                 await self._release_reserved(sink)
+            return False
         except BaseException:
             self._fail(obj, flights, ProtocolError("fetch cancelled", call="cache"))
             with trio.CancelScope(shield=True):

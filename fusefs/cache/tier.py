@@ -1,0 +1,56 @@
+"""A second cache level shared by many hosts (the fleet tier), as the block cache sees it.
+
+The block cache asks the tier before it goes to the cloud and publishes what it downloaded.
+It knows only this protocol: the Redis implementation (fusefs/fleet.py) sits behind it, and a
+mount without a ``[fleet]`` section has no tier at all (single-host behaviour, unchanged).
+
+Every method is bounded in time and never raises for a tier that is down: ``get``/``wait``
+answer None, ``lease`` answers True (this host fetches from the cloud), ``publish`` drops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class BlockId:
+    """One block of one object version; the block size is part of the name (hosts with
+    different block sizes never mix their blocks)."""
+
+    provider: str
+    key: str
+    version: str
+    index: int
+    block_size: int
+
+
+class BlockTier(Protocol):
+    def usable(self) -> bool:
+        """False while the tier is known to be down (no I/O: a cheap check per fetch)."""
+        ...
+
+    async def get(self, block: BlockId, length: int) -> bytes | None:
+        """The block's bytes if the tier holds a valid copy of exactly ``length`` bytes."""
+        ...
+
+    async def lease(self, block: BlockId) -> bool:
+        """True: this host is to download the block (no other host is, and the tier does not
+        hold it); False: another host holds the lease or the block was published meanwhile
+        (``wait`` for it). A lease ends with ``publish``/``release`` or expires by itself."""
+        ...
+
+    async def wait(self, block: BlockId, length: int) -> bytes | None:
+        """The block once the leasing host published it; None when it did not in time."""
+        ...
+
+    def publish(self, block: BlockId, data: bytes | bytearray) -> None:
+        """Share a downloaded block and end this host's lease (thread-safe, never blocks:
+        a full queue drops)."""
+        ...
+
+    def release(self, block: BlockId) -> None:
+        """This host will not publish the block after all (its download failed): end the
+        lease so another host can try (thread-safe, never blocks)."""
+        ...
