@@ -64,6 +64,14 @@ class MountOptions:
     # user.fusefs.* attributes (opt-in): on, `ls -l` asks the daemon twice per entry;
     # the same state is always available through `fusefs info`
     xattrs: bool = False
+    # who may use the mount (-o allow_other) and what it shows (-o uid=,gid=,file_mode=,dir_mode=)
+    allow_other: bool = False
+    default_permissions: bool | None = None  # None: the same as allow_other
+    uid: int | None = None  # None: the mounting user's
+    gid: int | None = None
+    file_mode: int = 0o444
+    dir_mode: int = 0o555
+    log_file: Path | None = None  # None: stderr (foreground) or the per-mount file (background)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +94,18 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus endpoint (``[metrics]``): off unless an address is given."""
+
+    address: tuple[str, int] | None = None  # (host, port)
+
+
+@dataclass(frozen=True, slots=True)
 class MountConfig:
     mount: MountOptions = field(default_factory=MountOptions)
     cache: CacheConfig = field(default_factory=CacheConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: every registered section by name, in registry order: its parsed config, None if absent
     sections: Mapping[str, object | None] = field(default_factory=dict)
     path: Path | None = None  # the file it was loaded from
@@ -123,9 +139,15 @@ class SectionSpec:
 
 # ---- parsing helpers ---------------------------------------------------------------------------
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT](?:i?B)?|B)?\s*$", re.IGNORECASE)
+# as rclone, gcsfuse and `df -h` read them: a bare K/M/G/T and KiB... are powers of 1024,
+# KB/MB/GB/TB powers of 1000
 _UNITS = {
     "b": 1,
+    "k": 1 << 10,
+    "m": 1 << 20,
+    "g": 1 << 30,
+    "t": 1 << 40,
     "kib": 1 << 10,
     "mib": 1 << 20,
     "gib": 1 << 30,
@@ -206,7 +228,8 @@ class Section:
             m = _SIZE_RE.match(v)
             if m is None:
                 raise self.err(
-                    key, f'cannot read size {v!r}; write bytes or e.g. "512KiB", "1MiB", "10GiB"'
+                    key,
+                    f'cannot read size {v!r}; write bytes or e.g. "512KiB", "1MiB", "20G", "10GB"',
                 )
             n = int(float(m.group(1)) * _UNITS[(m.group(2) or "B").lower()])
         else:
@@ -325,16 +348,89 @@ def known(section: Section, keys: set[str]) -> None:
 # ---- sections ----------------------------------------------------------------------------------
 
 
+_MODE_RE = re.compile(r"^0?o?([0-7]{3,4})$")
+
+
+def _mode(s: Section, key: str, default: int) -> int:
+    """A permission mode: a string of octal digits ("0444") or a TOML octal integer (0o444)."""
+    if key not in s.data:
+        return default
+    v = s.raw(key)
+    if isinstance(v, str):
+        m = _MODE_RE.match(v.strip())
+        if m is None:
+            raise s.err(key, f'must be octal digits like "0444", got {v!r}')
+        mode = int(m.group(1), 8)
+    elif isinstance(v, int) and not isinstance(v, bool):
+        mode = v
+    else:
+        raise s.err(key, f'must be a mode like "0444" or 0o444, got {tname(v)}')
+    if not 0 <= mode <= 0o777:
+        raise s.err(key, f'{v!r} is not a permission mode; write e.g. "0444" or 0o444')
+    if mode & 0o222:
+        # also catches a decimal 444 (= 0o674) written for 0o444
+        raise s.err(
+            key,
+            f"{v!r} is mode {mode:04o}, with write bits: fusefs is read-only; write e.g. "
+            f'"{default:04o}" (an integer is decimal unless written 0o...)',
+        )
+    return mode
+
+
+def _id(s: Section, key: str) -> int | None:
+    if key not in s.data:
+        return None
+    v = s.raw(key)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise s.err(key, f"must be a numeric id (an integer >= 0), got {tname(v)}")
+    if not 0 <= v < 2**32 - 1:
+        raise s.err(key, f"must be an id >= 0, got {v!r}")
+    return v
+
+
+def _path(s: Section, key: str) -> Path | None:
+    raw = s.str_(key)
+    if raw is None:
+        return None
+    path = Path(os.path.expandvars(os.path.expanduser(raw)))
+    return path if path.is_absolute() else s.base / path
+
+
 def _mount(s: Section) -> MountOptions:
-    known(s, {"request_timeout", "dir_ttl", "log_level", "xattrs"})
+    known(
+        s,
+        {
+            "request_timeout",
+            "dir_ttl",
+            "log_level",
+            "log_file",
+            "xattrs",
+            "allow_other",
+            "default_permissions",
+            "uid",
+            "gid",
+            "file_mode",
+            "dir_mode",
+        },
+    )
     level = (s.str_("log_level", "info") or "info").lower()
     if level not in LOG_LEVELS:
         raise s.err("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    default_permissions = (
+        s.bool_("default_permissions", False) if s.has("default_permissions") else None
+    )
     return MountOptions(
         request_timeout=s.float_("request_timeout", 60.0),
         dir_ttl=s.float_("dir_ttl", 60.0),
         log_level=level,
         xattrs=s.bool_("xattrs", False),
+        allow_other=s.bool_("allow_other", False),
+        default_permissions=default_permissions,
+        uid=_id(s, "uid"),
+        gid=_id(s, "gid"),
+        file_mode=_mode(s, "file_mode", 0o444),
+        dir_mode=_mode(s, "dir_mode", 0o555),
+        log_file=_path(s, "log_file"),
     )
 
 
@@ -380,7 +476,32 @@ def _http(s: Section) -> HttpConfig:
     )
 
 
-_GENERIC: dict[str, Callable[[Section], Any]] = {"mount": _mount, "cache": _cache, "http": _http}
+def _metrics(s: Section) -> MetricsConfig:
+    known(s, {"address"})
+    raw = s.str_("address")
+    if raw is None:
+        return MetricsConfig()
+    return MetricsConfig(address=host_port(raw, lambda msg: s.err("address", msg)))
+
+
+def host_port(text: str, err: Callable[[str], ConfigError]) -> tuple[str, int]:
+    """``host:port`` (``[::1]:port`` for IPv6) as (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise err(f'must be host:port, e.g. "127.0.0.1:9464", got {text!r}')
+    if ":" in host and not text.strip().startswith("["):
+        raise err(f'write an IPv6 address in brackets, e.g. "[::1]:9464", got {text!r}')
+    return host, int(port)
+
+
+_GENERIC: dict[str, Callable[[Section], Any]] = {
+    "mount": _mount,
+    "cache": _cache,
+    "http": _http,
+    "metrics": _metrics,
+}
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -451,6 +572,7 @@ def parse_sections(
         mount=generic.get("mount", MountOptions()),
         cache=generic.get("cache", CacheConfig()),
         http=generic.get("http", HttpConfig()),
+        metrics=generic.get("metrics", MetricsConfig()),
         sections=sections,
         path=path,
     )

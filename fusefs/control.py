@@ -16,8 +16,10 @@ import json
 import logging
 import os
 import stat
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,7 @@ from fusefs.vfs.tree import ROOT_INO
 
 if TYPE_CHECKING:
     from fusefs.cache.block_cache import BlockCache, CachedObject
+    from fusefs.providers.base import Provider
     from fusefs.vfs.background import BackgroundFetcher
     from fusefs.vfs.tree import Node, VirtualTree
 
@@ -83,6 +86,68 @@ def control_path(mountpoint: Path, uid: int | None = None) -> Path | None:
     return None
 
 
+class RecentWarnings(logging.Handler):
+    """The last ``n`` warning (and worse) lines of the daemon's log, for `fusefs status`."""
+
+    def __init__(self, n: int = 10) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: deque[dict[str, Any]] = deque(maxlen=n)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a bad format string must not break logging
+            text = str(record.msg)
+        self.lines.append(
+            {"time": record.created, "level": record.levelname, "message": text[:500]}
+        )
+
+
+@dataclass
+class DaemonState:
+    """What the daemon knows beyond the tree and the cache, for the "status" request."""
+
+    mountpoint: Path
+    providers: list[Provider] = field(default_factory=list)
+    # start check of each provider: None (authenticated) or the error text; absent: offline
+    start_checks: dict[str, str | None] = field(default_factory=dict)
+    recent: RecentWarnings | None = None
+    started_at: float = field(default_factory=time.time)
+    offline: bool = False
+    metrics: str | None = None  # the metrics URL when they are served
+
+
+def _provider_status(p: Provider, tree: VirtualTree, state: DaemonState) -> dict[str, Any]:
+    """Reachable or not (start check, then listings), token expiry and download queue."""
+    out: dict[str, Any] = {"name": p.name, "state": "up", "error": None, "since": None}
+    out["start_check"] = state.start_checks.get(p.name, "skipped" if state.offline else None)
+    down = getattr(p, "error", None)  # mount.DownAtStart: credentials rejected at start
+    failed = tree.listing_errors.get(p.name)
+    if state.offline:
+        out["state"] = "offline"
+    elif isinstance(down, ProviderError):
+        out.update(state="down", error=str(down), since=state.started_at)
+    elif failed is not None:
+        out.update(state="unreachable", error=failed[1], since=failed[0])
+    expiry = getattr(p, "token_expiry", None)  # wall clock, where the provider knows it
+    if callable(expiry):
+        try:
+            out["token_expires"] = expiry()
+        except Exception:  # a status never fails for one figure
+            log.debug("%s: token expiry unknown", p.name, exc_info=True)
+    turns = getattr(p, "turns", None)  # providers/window.py: one download per window (IoTDA)
+    if turns is not None and hasattr(turns, "queue"):
+        waiting = list(turns.queue())
+        out["queue"] = {
+            "holder": getattr(turns, "holder", None),
+            "waiting": len(waiting),
+            "interval": getattr(turns, "interval", None),
+            "next": waiting[:5],
+            "eta_last": round(turns.eta(len(waiting) - 1), 1) if waiting else 0.0,
+        }
+    return out
+
+
 class ControlServer:
     def __init__(
         self,
@@ -90,11 +155,13 @@ class ControlServer:
         cache: BlockCache,
         path: Path | None,
         background: BackgroundFetcher | None = None,
+        state: DaemonState | None = None,
     ) -> None:
         self.tree = tree
         self.cache = cache
         self.path = path
         self.background = background
+        self.state = state
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.path is None:
@@ -146,6 +213,8 @@ class ControlServer:
         op = req.get("op")
         if op == "stats":
             yield self.stats()
+        elif op == "status":
+            yield self.status()
         elif op == "verify":
             checked, bad = await trio.to_thread.run_sync(self.cache.store.find_corrupt)
             for oid, index in bad:
@@ -185,6 +254,40 @@ class ControlServer:
             "hit_rate": round(s["hits"] / looked, 4) if looked else None,
             "objects": self.cache.store.object_count(),
             "inodes": len(self.tree.nodes),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """`fusefs status`: providers, cache, downloads, rate-limited queues, last warnings."""
+        state = self.state
+        if state is None:
+            raise ValueError("this daemon keeps no status")
+        s = self.stats()
+        downloads = s.get("inflight_budget_used", 0) // max(1, self.cache.block_size)
+        return {
+            "mountpoint": str(state.mountpoint),
+            "pid": os.getpid(),
+            "started_at": state.started_at,
+            "now": time.time(),
+            "offline": state.offline,
+            "metrics": state.metrics,
+            "providers": [_provider_status(p, self.tree, state) for p in state.providers],
+            "cache": {
+                k: s.get(k)
+                for k in (
+                    "unpinned_bytes",
+                    "pinned_bytes",
+                    "max_bytes",
+                    "hits",
+                    "misses",
+                    "hit_rate",
+                    "fetched_bytes",
+                    "evicted_blocks",
+                    "objects",
+                )
+            },
+            "downloads_in_flight": downloads,
+            "inodes": s["inodes"],
+            "last_errors": list(state.recent.lines) if state.recent is not None else [],
         }
 
     async def info(self, rel: str) -> dict[str, Any]:

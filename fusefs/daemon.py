@@ -148,19 +148,20 @@ class Daemon(subprocess.Popen[bytes]):
         argv: list[str],
         *,
         mountpoint: Path,
-        log: Path,
+        log: Path | None,
         status_pipe: tuple[int, int],
         env: Mapping[str, str] | None,
         new_session: bool,
         preexec_fn: Callable[[], None] | None,
     ) -> None:
         read_end, write_end = status_pipe
-        with open(log, "ab") as out:
+        # no log: its stderr is ours (the journal, under systemd)
+        with open(log, "ab") if log is not None else open(os.devnull, "wb") as out:
             super().__init__(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
-                stderr=out,
+                stderr=out if log is not None else None,
                 env=env,
                 start_new_session=new_session,
                 pass_fds=(write_end,),
@@ -171,7 +172,10 @@ class Daemon(subprocess.Popen[bytes]):
         self._status_fd: int | None = read_end
 
     def log_tail(self) -> str:
-        return tail(self.log)
+        return tail(self.log) if self.log is not None else ""
+
+    def _see(self) -> str:
+        return f"see {self.log}" if self.log is not None else "see its log (journalctl)"
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> list[str]:
         """Wait until the daemon reports the mount up; return its warnings (one per provider
@@ -186,10 +190,10 @@ class Daemon(subprocess.Popen[bytes]):
         if started.error is not None:
             msg = started.error
         elif self.poll() is not None:
-            msg = f"the daemon exited with {self.returncode}; see {self.log}"
+            msg = f"the daemon exited with {self.returncode}; {self._see()}"
         else:
             self.terminate()
-            msg = f"{self.mountpoint} did not become a mount within {timeout:.0f} s; see {self.log}"
+            msg = f"{self.mountpoint} did not become a mount within {timeout:.0f} s; {self._see()}"
         raise StartError(msg, self.log_tail())
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
@@ -213,7 +217,7 @@ class Daemon(subprocess.Popen[bytes]):
 def spawn(
     config: str | Path,
     mountpoint: Path,
-    log: Path,
+    log: Path | None,
     *,
     options: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
@@ -221,8 +225,9 @@ def spawn(
     die_with_parent: bool = False,
 ) -> Daemon:
     """Start ``fusefs mount --foreground [options] --config CONFIG MOUNTPOINT``, its output
-    appended to ``log``; ``wait_ready`` next. ``new_session``: the terminal's signals (Ctrl-C)
-    reach the caller alone. ``die_with_parent``: see ``die_with_this_process``."""
+    appended to ``log`` (None: its stderr is ours); ``wait_ready`` next. ``new_session``: the
+    terminal's signals (Ctrl-C) reach the caller alone. ``die_with_parent``: see
+    ``die_with_this_process``."""
     argv = [sys.executable, "-m", "fusefs", "mount", "--foreground", *options]
     read_end, write_end = os.pipe()
     argv += ["--config", str(config), "--status-fd", str(write_end), str(mountpoint)]

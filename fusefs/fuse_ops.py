@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 _XATTR_PREFIX_B = XATTR_PREFIX.encode()
+FREE_INODES = 1 << 31  # statfs: the free inode count shown (df -i), there is no real limit
 
 
 # the time limit of the FUSE request being handled: a request waiting in line for a download
@@ -76,21 +78,52 @@ def errno_boundary(
     return handler
 
 
+async def _timed_read(
+    read: Callable[[int, int, int], Coroutine[Any, Any, bytes | memoryview]],
+    record: Callable[[float], None],
+    fh: int,
+    off: int,
+    size: int,
+) -> bytes | memoryview:
+    """A read through the errno boundary, its duration handed to ``record`` (metrics)."""
+    t0 = time.perf_counter()
+    try:
+        return await read(fh, off, size)
+    finally:
+        record(time.perf_counter() - t0)
+
+
 class FuseOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, fs: Filesystem, *, request_timeout: float, xattrs: bool = False) -> None:
+    def __init__(
+        self,
+        fs: Filesystem,
+        *,
+        request_timeout: float,
+        xattrs: bool = False,
+        uid: int | None = None,
+        gid: int | None = None,
+        file_mode: int = 0o444,
+        dir_mode: int = 0o555,
+        read_latency: Callable[[float], None] | None = None,
+    ) -> None:
         super().__init__()
         self.fs = fs
-        # ENOSYS makes the kernel stop sending getxattr (listxattr) for good, answering
-        # EOPNOTSUPP itself: `ls -l` then costs no round trip per entry (docs/cache.md)
+        # ENOSYS makes the kernel stop sending getxattr for good, answering EOPNOTSUPP itself:
+        # `ls -l` then costs no round trip per entry (docs/cache.md)
         self.xattrs = xattrs
         self._no_xattr_errno = errno.ENODATA if xattrs else errno.ENOSYS
         self.request_timeout = request_timeout
-        self.uid = os.getuid()
-        self.gid = os.getgid()
+        # what every entry shows (mount.uid/gid/file_mode/dir_mode): the mounting user's by default
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.file_mode = stat.S_IFREG | (file_mode & 0o7777)
+        self.dir_mode = stat.S_IFDIR | (dir_mode & 0o7777)
+        if read_latency is not None:  # metrics on: time each read; off, reads pay nothing
+            self.read = functools.partial(_timed_read, self.read, read_latency)  # type: ignore[method-assign]
 
     # -- attributes ------------------------------------------------------------------------
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -108,11 +141,11 @@ class FuseOperations(pyfuse3.Operations):
         a.st_ino = node.ino
         a.generation = 0
         if node.is_dir:
-            a.st_mode = stat.S_IFDIR | 0o555
+            a.st_mode = self.dir_mode
             a.st_nlink = 2
             a.st_size = 0
         else:
-            a.st_mode = stat.S_IFREG | 0o444
+            a.st_mode = self.file_mode
             a.st_nlink = 1
             a.st_size = node.size or 0
         a.st_blksize = self.fs.block_size
@@ -194,8 +227,8 @@ class FuseOperations(pyfuse3.Operations):
     # -- xattrs ------------------------------------------------------------------------------
     @errno_boundary
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        if not self.xattrs:  # getfattr -d: one "Operation not supported", not one per name
-            raise pyfuse3.FUSEError(errno.ENOSYS)
+        if not self.xattrs:  # getfattr -d prints nothing (no "Operation not supported" per name)
+            return []
         return [k.encode() for k in self.fs.xattrs(inode)]
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
@@ -211,16 +244,19 @@ class FuseOperations(pyfuse3.Operations):
 
     @errno_boundary
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        # df: the cache's capacity, its use, and what the cap leaves (docs/semantics.md)
         u = self.fs.usage()
+        bs = u.block_size
         s = pyfuse3.StatvfsData()
-        s.f_bsize = u.block_size
-        s.f_frsize = u.block_size
-        s.f_blocks = max(1, u.used_bytes // u.block_size)
-        s.f_bfree = 0
-        s.f_bavail = 0
-        s.f_files = u.inodes
-        s.f_ffree = 0
-        s.f_favail = 0
+        s.f_bsize = bs
+        s.f_frsize = bs
+        s.f_blocks = max(1, -(-u.capacity_bytes // bs))
+        s.f_bfree = min(s.f_blocks, u.free_bytes // bs)
+        s.f_bavail = s.f_bfree
+        # inodes are made as names are listed, without a limit: never shown as running out
+        s.f_ffree = FREE_INODES
+        s.f_favail = FREE_INODES
+        s.f_files = u.inodes + FREE_INODES
         s.f_namemax = 255
         return s
 

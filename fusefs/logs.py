@@ -10,7 +10,11 @@ traceback), so that no record spans lines and no server can forge a line that lo
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
+from datetime import datetime
+from pathlib import Path
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -61,7 +65,68 @@ def excerpt(text: str | bytes, limit: int = 300) -> str:
 
 
 class OneLineFormatter(logging.Formatter):
-    """A ``logging.Formatter`` whose every record is one line (control characters escaped)."""
+    """A ``logging.Formatter`` whose every record is one line (control characters escaped),
+    its ``asctime`` ISO 8601 with the time zone (``2026-12-04T03:20:38.123+00:00``)."""
 
     def format(self, record: logging.LogRecord) -> str:
         return escape(super().format(record))
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        when = datetime.fromtimestamp(record.created).astimezone()
+        return when.isoformat(timespec="milliseconds")
+
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# journald stamps each line itself and reads the level from a "<N>" prefix (sd-daemon(3))
+JOURNAL_FORMAT = "<%(priority)d>%(levelname)s %(name)s: %(message)s"
+_PRIORITY = {"CRITICAL": 2, "ERROR": 3, "WARNING": 4, "INFO": 6, "DEBUG": 7}
+
+
+class _JournalFormatter(OneLineFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record.priority = _PRIORITY.get(record.levelname, 6)
+        return super().format(record)
+
+
+def under_journald() -> bool:
+    """Run by systemd with stderr connected to the journal (systemd.exec(5), $JOURNAL_STREAM)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = stream.partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(stream) and f"{st.st_dev}" == dev and f"{st.st_ino}" == ino
+
+
+def setup(level: str, log_file: Path | None = None) -> None:
+    """Every record to ``log_file`` (appended), else to stderr; for journald, with its level
+    prefix and without a date of ours."""
+    handler: logging.Handler
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(OneLineFormatter(FORMAT))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            _JournalFormatter(JOURNAL_FORMAT) if under_journald() else (OneLineFormatter(FORMAT))
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "fusefs"
+
+
+def default_log_file(mountpoint: Path) -> Path:
+    """The background daemon's log when none is configured: named after the whole mountpoint,
+    as systemd names its units (``/mnt/clouds`` → ``mnt-clouds.log``), so that two mounts
+    never share one."""
+    from fusefs.systemd import escape_path
+
+    return state_dir() / f"{escape_path(mountpoint)}.log"

@@ -66,24 +66,35 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "fusefs_requests",
-            "Remote calls answered, by provider, call and HTTP status (or error kind)",
+            "Remote requests, by provider, call and HTTP status (or connect/timeout/reset/bad_url"
+            " when no answer came)",
             ["provider", "call", "status"],
             registry=r,
         )
         self.retries = Counter(
-            "fusefs_retries", "Remote calls tried again", ["provider", "call"], registry=r
+            "fusefs_retries",
+            "Remote requests tried again (backoff, resume, fresh token or link)",
+            ["provider", "call"],
+            registry=r,
         )
         self.rate_limit_wait = Counter(
             "fusefs_rate_limit_wait_seconds",
-            "Time spent waiting for a provider's rate limit",
+            "Time spent waiting for a provider's rate limit (throttle backoffs, IoTDA download"
+            " turns), summed over the waiters",
             ["provider"],
             registry=r,
         )
         self.downloaded = Counter(
-            "fusefs_downloaded_bytes", "File bytes received", ["provider"], registry=r
+            "fusefs_downloaded_bytes",
+            "File bytes received from the provider",
+            ["provider"],
+            registry=r,
         )
         self.token_refreshes = Counter(
-            "fusefs_token_refreshes", "Access tokens fetched", ["provider"], registry=r
+            "fusefs_token_refreshes",
+            "Access tokens fetched (the first one and each renewal)",
+            ["provider"],
+            registry=r,
         )
         self.read_latency = Histogram(
             "fusefs_read_seconds",

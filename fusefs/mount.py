@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import functools
 import logging
 import os
 import signal
 import ssl
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,12 +20,20 @@ import httpx
 import pyfuse3
 import trio
 
-from fusefs import errors
+from fusefs import errors, metrics, sdnotify
 from fusefs.cache.block_cache import BlockCache
 from fusefs.cache.store import CacheDirBusy, lock_cache_dir
 from fusefs.config import HttpConfig
-from fusefs.control import FSTYPE, ControlServer, control_path, mount_table
+from fusefs.control import (
+    FSTYPE,
+    ControlServer,
+    DaemonState,
+    RecentWarnings,
+    control_path,
+    mount_table,
+)
 from fusefs.fuse_ops import FuseOperations
+from fusefs.metrics import Metrics
 from fusefs.providers._bulk import BulkClient
 from fusefs.providers.base import ProtocolError, ProviderError, TransientError, Unavailable
 from fusefs.providers.offline import OfflineProvider
@@ -248,13 +258,14 @@ def _unreachable(exc: ProviderError) -> bool:
 
 async def _start_checks(
     providers: list[Provider], timeout: float, signals: AsyncIterator[int]
-) -> tuple[list[Provider], list[str]]:
+) -> tuple[list[Provider], list[str], dict[str, ProviderError | None]]:
     """Check every provider's authentication (docs/semantics.md, "Start-up checks").
 
     Refused (MountError) when every provider fails for good. A provider that fails for good
     is mounted as DownAtStart; one that is only unreachable is mounted as it is (saved listings
     and cached bytes, and it recovers by itself, as an offline start does). Returns the
-    providers to mount and one warning per provider that failed. A signal stops the checks."""
+    providers to mount, one warning per provider that failed and each provider's result. A
+    stop signal (SIGTERM, SIGINT; not SIGHUP) stops the checks."""
     results: dict[str, ProviderError | None] = {}
     stopped: list[int] = []
 
@@ -264,6 +275,9 @@ async def _start_checks(
 
     async def until_signal(cancel: trio.CancelScope) -> None:
         async for signum in signals:
+            if signum == signal.SIGHUP:  # a reload: nothing to reload yet
+                log.info("received SIGHUP while starting: ignored")
+                continue
             stopped.append(signum)
             cancel.cancel()
             return
@@ -304,7 +318,7 @@ async def _start_checks(
             out.append(p)
         log.error("%s", text)
         warnings.append(text)
-    return out, warnings
+    return out, warnings, results
 
 
 def _tune_readahead(mountpoint: Path) -> None:
@@ -316,14 +330,6 @@ def _tune_readahead(mountpoint: Path) -> None:
         log.debug("read_ahead_kb of %s set to %d", mountpoint, READ_AHEAD_KB)
     except OSError as exc:
         log.debug("could not raise read_ahead_kb: %s", exc)
-
-
-async def _terminate_on_signals(signals: AsyncIterator[int]) -> None:
-    """After ``pyfuse3.init`` only (terminate() needs a session)."""
-    async for signum in signals:
-        log.info("received %s, unmounting", signal.Signals(signum).name)
-        pyfuse3.terminate()
-        return
 
 
 def _larger_socket_reads() -> None:
@@ -354,6 +360,192 @@ def make_http_client(http: HttpConfig | None = None) -> httpx.AsyncClient:
     )
 
 
+STATUS_EVERY = 10.0  # seconds between checks of systemd's status line
+
+
+class _Lifecycle:
+    """The daemon's signals once the start checks are done, and what it tells systemd.
+
+    SIGTERM/SIGINT: before ``pyfuse3.init`` they stop the start (``stop_before_mount``), after
+    it they unmount. SIGHUP reloads (``Reloader``) and never unmounts. systemd (when
+    ``$NOTIFY_SOCKET`` is set) gets READY=1 once the mount answers, a STATUS= line, and
+    STOPPING=1 once the daemon is going down."""
+
+    def __init__(self, mountpoint: Path, reloader: Reloader, state: DaemonState) -> None:
+        self.mountpoint = mountpoint
+        self.reloader = reloader
+        self.state = state
+        self.stopped_by: signal.Signals | None = None
+        self.mounted = False
+        self._stopping_sent = False
+
+    async def run(self, signals: AsyncIterator[int], *, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        async for signum in signals:
+            sig = signal.Signals(signum)
+            if sig == signal.SIGHUP:
+                log.info("received SIGHUP: reopening the log file, rereading the config")
+                self.reloader.reload()
+                if self.mounted:
+                    sdnotify.notify(f"STATUS={self.status_text()}")
+                continue
+            if self.stopped_by is not None:
+                continue  # already on the way down
+            self.stopped_by = sig
+            if self.mounted:
+                log.info("received %s, unmounting", sig.name)
+                self.stopping()
+                pyfuse3.terminate()
+            else:
+                log.info("received %s while starting: stopping before the mount", sig.name)
+
+    def stop_before_mount(self) -> None:
+        """A stop signal that came since the start checks ends the start before
+        ``pyfuse3.init`` (checked right before it), rather than after a mount that would be
+        unmounted at once: MountError."""
+        if self.stopped_by is not None:
+            raise MountError(f"stopped by {self.stopped_by.name} while starting")
+
+    def status_text(self) -> str:
+        providers = self.state.providers
+        down = sum(
+            1
+            for p in providers
+            if isinstance(getattr(p, "error", None), ProviderError)
+            or p.name in self.reloader.tree.listing_errors
+        )
+        text = f"mounted at {self.mountpoint}; {len(providers)} providers, {down} down"
+        return text + (" (offline)" if self.state.offline else "")
+
+    async def announce(
+        self, ready: Callable[[list[str]], None] | None, warnings: list[str]
+    ) -> None:
+        """Once the mount answers (statfs always reaches the daemon): the starter and systemd
+        are told it is up. Run while ``pyfuse3.main`` serves."""
+        try:
+            await trio.to_thread.run_sync(os.statvfs, self.mountpoint, abandon_on_cancel=True)
+        except OSError as exc:  # it answered, if only with an error: the mount is up
+            log.warning("the new mount %s answers statfs with %s", self.mountpoint, exc)
+        if ready is not None:
+            ready(warnings)
+        sdnotify.notify("READY=1", f"STATUS={self.status_text()}")
+
+    async def keep_status(self, every: float = STATUS_EVERY) -> None:
+        """systemd's status line follows providers going down and up (`systemctl status`)."""
+        last = self.status_text()
+        while True:
+            await trio.sleep(every)
+            text = self.status_text()
+            if text != last and not self._stopping_sent:
+                sdnotify.notify(f"STATUS={text}")
+                last = text
+
+    def stopping(self) -> None:
+        if not self._stopping_sent:
+            self._stopping_sent = True
+            sdnotify.notify("STOPPING=1", f"STATUS=unmounting {self.mountpoint}")
+
+
+RELOADABLE = ("dir_ttl", "log_level")  # [mount] keys SIGHUP applies (docs/semantics.md)
+
+
+def reopen_log_files() -> int:
+    """Reopen every log file the root logger writes to (after logrotate moved it away)."""
+    n = 0
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                if handler.stream is not None:
+                    handler.stream.close()
+                handler.stream = handler._open()
+                n += 1
+            finally:
+                handler.release()
+    return n
+
+
+class Reloader:
+    """SIGHUP: reopen the log file and reread the config; apply its reloadable keys (dir_ttl,
+    log_level), log what changed. A config that no longer loads is logged and ignored."""
+
+    def __init__(
+        self, cfg: MountConfig, load: Callable[[], MountConfig] | None, tree: VirtualTree
+    ) -> None:
+        self.cfg = cfg
+        self.load = load
+        self.tree = tree
+
+    def reload(self) -> None:
+        reopen_log_files()
+        if self.load is None:
+            log.warning("SIGHUP: no config file to reread")
+            return
+        try:
+            new = self.load()
+        except Exception as exc:  # a reload never takes the mount down
+            log.error("SIGHUP: the config no longer loads (%s); keeping the running one", exc)
+            return
+        old = self.cfg
+        changed: list[str] = []
+        if new.mount.dir_ttl != old.mount.dir_ttl:
+            self.tree.dir_ttl = new.mount.dir_ttl
+            changed.append(f"dir_ttl {old.mount.dir_ttl:g} -> {new.mount.dir_ttl:g}")
+        if new.mount.log_level != old.mount.log_level:
+            logging.getLogger().setLevel(new.mount.log_level.upper())
+            changed.append(f"log_level {old.mount.log_level} -> {new.mount.log_level}")
+        later = _changed_keys(old, new)
+        # what was applied is kept; the rest stays as it was mounted until the next mount
+        self.cfg = _with_mount(old, dir_ttl=new.mount.dir_ttl, log_level=new.mount.log_level)
+        if changed:
+            log.warning("SIGHUP: config reloaded: %s", ", ".join(changed))
+        else:
+            log.info("SIGHUP: config reread, no reloadable key changed")
+        if later:
+            log.warning(
+                "SIGHUP: changed, takes effect at the next mount: %s", ", ".join(sorted(later))
+            )
+
+
+def _with_mount(cfg: MountConfig, **changes: Any) -> MountConfig:
+    return dataclasses.replace(cfg, mount=dataclasses.replace(cfg.mount, **changes))
+
+
+def _changed_keys(old: MountConfig, new: MountConfig) -> list[str]:
+    """Keys outside RELOADABLE whose value differs (``[section] key``, or a whole provider
+    section)."""
+    out: list[str] = []
+    for name in ("mount", "cache", "http", "metrics"):
+        a, b = getattr(old, name, None), getattr(new, name, None)
+        if a is None or b is None or a == b:
+            continue
+        for f in dataclasses.fields(a):
+            if name == "mount" and f.name in RELOADABLE:
+                continue
+            if getattr(a, f.name) != getattr(b, f.name):
+                out.append(f"[{name}] {f.name}")
+    for section in set(old.sections) | set(new.sections):
+        if old.sections.get(section) != new.sections.get(section):
+            out.append(f"[{section}]")
+    return out
+
+
+def _cache_figures(cache: BlockCache) -> Callable[[], Mapping[str, int]]:
+    """What the metrics endpoint reads from the cache at each scrape."""
+    return cache.statistics
+
+
+def fuse_options(cfg: MountConfig) -> set[str]:
+    """pyfuse3.init's options: read-only, and who may use the mount (docs/semantics.md)."""
+    m = cfg.mount
+    options = {"fsname=fusefs", "subtype=fusefs", "ro", "noatime"}
+    if m.allow_other:
+        options.add("allow_other")
+    if m.allow_other if m.default_permissions is None else m.default_permissions:
+        options.add("default_permissions")  # the kernel checks the modes and owners shown
+    return options
+
+
 async def run_mount(
     cfg: MountConfig,
     mountpoint: Path,
@@ -361,13 +553,35 @@ async def run_mount(
     offline: bool = False,
     allow_non_empty: bool = False,
     ready: Callable[[list[str]], None] | None = None,
+    reload: Callable[[], MountConfig] | None = None,
 ) -> None:
-    """Mount and serve until unmounted or signalled. ``ready`` is called once the mount is up,
-    with one warning per provider that is down."""
+    """Mount and serve until unmounted or signalled. ``ready`` is called once the mount
+    answers, with one warning per provider that is down. ``reload`` rereads the config on
+    SIGHUP (default: the file ``cfg`` came from, without command-line overrides)."""
     check_mountpoint(mountpoint, allow_non_empty=allow_non_empty)
+    if reload is None and cfg.path is not None:
+        from fusefs.providers.registry import load_config
+
+        reload = functools.partial(load_config, cfg.path)
     # signals from here on: before the mount is up they stop the start, after it they unmount
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        await _run_mount(cfg, mountpoint, offline, ready, signals)
+        recent = RecentWarnings()
+        logging.getLogger().addHandler(recent)
+        try:
+            await _run_mount(cfg, mountpoint, offline, ready, signals, reload, recent)
+        finally:
+            logging.getLogger().removeHandler(recent)
+
+
+def _start_metrics(cfg: MountConfig, stack: contextlib.AsyncExitStack) -> Metrics | None:
+    """Record events from now on when ``[metrics] address`` is set (served once the cache is)."""
+    if cfg.metrics.address is None:
+        return None
+    m = Metrics()
+    metrics.install(m)
+    stack.callback(metrics.install, None)
+    stack.callback(m.close)
+    return m
 
 
 async def _run_mount(
@@ -376,6 +590,8 @@ async def _run_mount(
     offline: bool,
     ready: Callable[[list[str]], None] | None,
     signals: AsyncIterator[int],
+    reload: Callable[[], MountConfig] | None,
+    recent: RecentWarnings,
 ) -> None:
     private_cache_dir(Path(cfg.cache.dir))
     try:
@@ -384,6 +600,7 @@ async def _run_mount(
         raise MountError(str(exc)) from None
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(os.close, lock)  # the last thing released: after the unmount
+        metrics_on = _start_metrics(cfg, stack)
         client = await stack.enter_async_context(make_http_client(cfg.http))
         bulk = BulkClient(
             connect_timeout=cfg.http.connect_timeout,
@@ -397,12 +614,16 @@ async def _run_mount(
         for p in providers:
             stack.push_async_callback(p.aclose)
         warnings: list[str] = []
+        state = DaemonState(mountpoint, recent=recent, offline=offline)
+        results: dict[str, ProviderError | None] = {}
         if offline:
             log.warning("offline mode: serving saved listings and cached bytes only")
             providers = [OfflineProvider(p) for p in providers]
         else:
             timeout = min(AUTH_CHECK_TIMEOUT, cfg.mount.request_timeout)
-            providers, warnings = await _start_checks(providers, timeout, signals)
+            providers, warnings, results = await _start_checks(providers, timeout, signals)
+        state.providers = providers
+        state.start_checks = {n: None if e is None else str(e) for n, e in results.items()}
         cache = BlockCache(
             Path(cfg.cache.dir),
             block_size=cfg.cache.block_size,
@@ -410,6 +631,19 @@ async def _run_mount(
             min_free_ratio=cfg.cache.min_free_ratio,
             memory_budget=cfg.cache.memory_budget,
         )
+        if metrics_on is not None:
+            assert cfg.metrics.address is not None
+            metrics_on.watch_cache(_cache_figures(cache))
+            try:
+                host, port = metrics_on.serve(*cfg.metrics.address)
+            except OSError as exc:
+                where = f"{cfg.metrics.address[0]}:{cfg.metrics.address[1]}"
+                raise MountError(
+                    f"cannot serve metrics on {where}: {exc.strerror or exc}; pick another "
+                    "[metrics] address"
+                ) from None
+            state.metrics = f"http://{host}:{port}/metrics"
+            log.info("metrics at %s", state.metrics)
         snapshots = ListingStore(Path(cfg.cache.dir))
         tree = VirtualTree(
             providers,
@@ -418,33 +652,71 @@ async def _run_mount(
             snapshots=snapshots,
             list_timeout=cfg.mount.request_timeout * 0.75,
         )
-        # derived from the mountpoint alone: clients find it without xattrs (control.py)
+        for name, failure in results.items():  # unreachable at start: until a listing works
+            if failure is not None and _unreachable(failure):
+                tree.listing_errors[name] = (state.started_at, str(failure))
         background = BackgroundFetcher(tree, cache)  # IoTDA exports, one per window
-        control = ControlServer(tree, cache, control_path(mountpoint), background)
+        # derived from the mountpoint alone: clients find it without xattrs (control.py)
+        control = ControlServer(tree, cache, control_path(mountpoint), background, state)
         fs = Filesystem(tree, cache, control_path=control.path)  # handles, reads, xattrs
-        ops = FuseOperations(fs, request_timeout=cfg.mount.request_timeout, xattrs=cfg.mount.xattrs)
-        options = set(pyfuse3.default_options)
-        options |= {"fsname=fusefs", "subtype=fusefs", "ro", "noatime"}
+        m = cfg.mount
+        ops = FuseOperations(
+            fs,
+            request_timeout=m.request_timeout,
+            xattrs=m.xattrs,
+            uid=m.uid,
+            gid=m.gid,
+            file_mode=m.file_mode,
+            dir_mode=m.dir_mode,
+            read_latency=metrics.read_latency if metrics_on is not None else None,
+        )
+        options = set(pyfuse3.default_options) - {"default_permissions"} | fuse_options(cfg)
+        life = _Lifecycle(mountpoint, Reloader(cfg, reload, tree), state)
+        init_error: RuntimeError | None = None
+        # MountError and pyfuse3.init's RuntimeError are raised after the nursery: inside it
+        # they would reach the CLI wrapped in an ExceptionGroup
         async with trio.open_nursery() as nursery:
+            await nursery.start(life.run, signals)
             await nursery.start(cache.run)
             await nursery.start(control.run)
             await nursery.start(snapshots.run)  # listing saves, off the event loop
             await nursery.start(background.run)
-            pyfuse3.init(ops, str(mountpoint), options)
-            clean = False
-            try:
-                log.info(
-                    "mounted %s: %s", mountpoint, ", ".join(p.name for p in providers) or "nothing"
-                )
-                nursery.start_soon(_terminate_on_signals, signals, name="signals")
-                if ready is not None:
-                    ready(warnings)
-                nursery.start_soon(trio.to_thread.run_sync, _tune_readahead, mountpoint)
-                await pyfuse3.main()
-                clean = True
-            finally:
-                # after a crash, leave a dead mount (ENOTCONN) rather than an empty directory
-                # that a sync tool could read as "everything was deleted" (as s3ql does)
-                pyfuse3.close(unmount=clean)
-                log.info("unmounted %s" if clean else "daemon failed; %s left dead", mountpoint)
+            if life.stopped_by is None:  # no checkpoint from here to the mount
+                try:
+                    pyfuse3.init(ops, str(mountpoint), options)
+                except RuntimeError as exc:
+                    init_error = exc
+                else:
+                    life.mounted = True
+                    await _serve(mountpoint, providers, life, ready, warnings, nursery)
             nursery.cancel_scope.cancel()
+        if init_error is not None:
+            raise init_error
+        if not life.mounted:
+            life.stop_before_mount()  # a stop signal came after the checks: MountError
+
+
+async def _serve(
+    mountpoint: Path,
+    providers: list[Provider],
+    life: _Lifecycle,
+    ready: Callable[[list[str]], None] | None,
+    warnings: list[str],
+    nursery: trio.Nursery,
+) -> None:
+    """From ``pyfuse3.init`` on: serve until unmounted, then close the FUSE session."""
+    clean = False
+    try:
+        log.info("mounted %s: %s", mountpoint, ", ".join(p.name for p in providers) or "nothing")
+        nursery.start_soon(life.announce, ready, warnings, name="announce")
+        if os.environ.get("NOTIFY_SOCKET"):
+            nursery.start_soon(life.keep_status, name="systemd status")
+        nursery.start_soon(trio.to_thread.run_sync, _tune_readahead, mountpoint)
+        await pyfuse3.main()
+        clean = True
+    finally:
+        life.stopping()
+        # after a crash, leave a dead mount (ENOTCONN) rather than an empty directory that a
+        # sync tool could read as "everything was deleted" (as s3ql does)
+        pyfuse3.close(unmount=clean)
+        log.info("unmounted %s" if clean else "daemon failed; %s left dead", mountpoint)

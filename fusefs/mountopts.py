@@ -21,7 +21,7 @@ class MountOptionError(ValueError):
 class _Opt:
     section: str
     key: str
-    kind: str  # "flag" (no value), "int", "text"
+    kind: str  # "flag" (no value), "int", "number", "text"
 
 
 # one name each, as the peers spell them (gcsfuse / mountpoint-s3 / libfuse)
@@ -32,16 +32,19 @@ OPTIONS: dict[str, _Opt] = {
     "gid": _Opt("mount", "gid", "int"),
     "file_mode": _Opt("mount", "file_mode", "text"),
     "dir_mode": _Opt("mount", "dir_mode", "text"),
-    "dir_ttl": _Opt("mount", "dir_ttl", "text"),
+    "dir_ttl": _Opt("mount", "dir_ttl", "number"),
     "log_level": _Opt("mount", "log_level", "text"),
     "log_file": _Opt("mount", "log_file", "text"),
     "cache_dir": _Opt("cache", "dir", "text"),
     "cache_max_size": _Opt("cache", "max_size", "text"),
 }
 
-# generic options of mount(8), fstab and systemd: meaningful to them, not to us
+# generic options of mount(8), fstab and systemd: meaningful to them, not to us. mount(8)
+# passes "rw" unless the line says "ro", and mount.fuse adds "dev,suid": a fusefs mount is
+# read-only whatever they say.
 _IGNORED = {
     "ro",
+    "rw",
     "defaults",
     "auto",
     "noauto",
@@ -85,8 +88,6 @@ def parse(texts: list[str]) -> dict[str, dict[str, Any]]:
             if not item or _ignored(item):
                 continue
             name, eq, value = item.partition("=")
-            if name == "rw":
-                raise MountOptionError("-o rw: fusefs mounts are read-only")
             opt = OPTIONS.get(name)
             if opt is None:
                 unknown.append(name)
@@ -105,6 +106,11 @@ def parse(texts: list[str]) -> dict[str, dict[str, Any]]:
             elif opt.kind == "int":
                 try:
                     parsed = int(value, 10)
+                except ValueError:
+                    raise MountOptionError(f"-o {name}: {value!r} is not a number") from None
+            elif opt.kind == "number":
+                try:
+                    parsed = int(value, 10) if value.isdigit() else float(value)
                 except ValueError:
                     raise MountOptionError(f"-o {name}: {value!r} is not a number") from None
             else:
@@ -126,3 +132,28 @@ def overlay(raw: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[s
         table = merged.get(section, {})
         merged[section] = {**table, **values} if isinstance(table, dict) else table
     return merged
+
+
+def unknown(texts: list[str]) -> list[str]:
+    """The option names in ``texts`` that fusefs does not know (for mount's sloppy ``-s``)."""
+    items = [i.strip() for t in texts for i in t.split(",") if i.strip()]
+    names = [i.partition("=")[0] for i in items if not _ignored(i)]
+    return [n for n in names if n not in OPTIONS]
+
+
+def without(text: str, names: list[str]) -> str:
+    """``text`` without the options called ``names``."""
+    kept = [i for i in text.split(",") if i.strip().partition("=")[0] not in names]
+    return ",".join(kept)
+
+
+def format_option(name: str, value: object) -> str:
+    """A flag's value as the ``-o`` text that sets the same key (``uid=1000``, ``allow_other``)."""
+    if name not in OPTIONS:
+        raise MountOptionError(f"unknown mount option: {name}")
+    if isinstance(value, bool):
+        return name if value else f"{name}=false"
+    text = str(value)
+    if "," in text:
+        raise MountOptionError(f"{name}: {text!r} has a comma, which -o cannot carry")
+    return f"{name}={text}"

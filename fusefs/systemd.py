@@ -44,7 +44,7 @@ def unit_text(
     return f"""\
 [Unit]
 Description=fusefs: IoT cloud files at {mountpoint}
-Documentation=fusefs(1) docs/operations.md
+# written by `fusefs systemd-unit`; see fusefs's docs/operations.md
 Wants=network-online.target
 After=network-online.target
 
@@ -55,6 +55,8 @@ EnvironmentFile=-{env_file}
 # a mount left dead by a crash (ENOTCONN) is cleared before each start
 ExecStartPre=-{fusermount} -uz {mnt}
 ExecStart={q(str(executable))} mount --foreground --config {q(str(config))} {mnt}
+# SIGHUP: the daemon reopens its log file and rereads the reloadable keys, it stays mounted
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=5s
 TimeoutStartSec=120s

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import httpx
 
-from fusefs.providers._http import GetTarget, Target
+from fusefs.providers._http import GetTarget, Target, call_of, record_retry
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,9 @@ class TokenAuth(httpx.Auth):
             request.url.path,
             response.status_code,
         )
+        call = call_of(request)
+        if call is not None:
+            record_retry(call)
         await self.authorize(request)
         yield request
 

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
+from fusefs import metrics
 from fusefs.providers.base import RangeSink
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,15 @@ class Answer:
 
 @dataclass(slots=True)
 class Attempt:
-    """One GET: the event loop may ``stop()`` it; the worker thread checks between receives."""
+    """One GET: the event loop may ``stop()`` it; the worker thread checks between receives.
 
+    ``provider`` labels the bytes received (``fusefs_downloaded_bytes``, counted per receive: at
+    most a sink buffer, a cache block); ``status`` is set once the answer's head has come."""
+
+    provider: str = ""
     stopped: threading.Event = field(default_factory=threading.Event)
     conn: http.client.HTTPConnection | None = None
+    status: int | None = None
 
     def stop(self) -> None:
         self.stopped.set()
@@ -200,6 +206,7 @@ class BulkClient:
                 conn = self._new(*key)
                 attempt.conn = conn
                 resp = self._send(conn, target, hdrs)
+            attempt.status = resp.status
             answer = Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()})
             ctype = answer.headers.get("content-type", "").lower()
             if resp.status not in (200, 206):
@@ -272,11 +279,19 @@ class BulkClient:
             view = sink.buffer(pos)
             if end is not None and len(view) > end - pos:
                 view = view[: end - pos]
-            n = resp.readinto(view)
+            try:
+                n = resp.readinto(view)
+            except (OSError, http.client.HTTPException):
+                if pos == start:
+                    raise
+                # cut mid-body (a reset): the sink keeps what it was given, the caller resumes
+                # from here (raising would lose the count of bytes the sink already has)
+                return pos - start, False
             if not n:
                 # the body ended: complete if the server said it would end here
                 return pos - start, end is None and resp.isclosed()
             sink.received(pos, n)
+            metrics.downloaded(attempt.provider, n)
             pos += n
         # reached ``end``: the connection is reusable only if the body ended here too
         return pos - start, True

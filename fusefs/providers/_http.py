@@ -14,6 +14,12 @@ style of httpx's ``map_httpcore_exceptions``)::
 Providers classify their own error bodies first (``classify`` hooks) and fall back on
 :func:`error_for_status`. Nothing here has an overall timeout: the caller's trio cancel scope bounds
 every wait, including retries.
+
+Metrics (:mod:`fusefs.metrics`) are recorded in this module, from the call names the providers
+already give (``"koodrive.listFiles"``: provider ``koodrive``, call ``listFiles``): answers and
+failures where a request is answered or fails (httpx: the client's hooks, see :func:`meter`, and
+:func:`map_http_errors`; object bodies: :func:`download_range`), retries and throttle waits in the
+retry loops (:func:`record_retry`), bytes where they are received.
 """
 
 from __future__ import annotations
@@ -25,14 +31,22 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+)
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import trio
 
+from fusefs import metrics
 from fusefs.logs import excerpt
 from fusefs.providers._bulk import MAX_JSON_BODY, Attempt, BulkClient, content_range
 from fusefs.providers.base import (
@@ -92,18 +106,114 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - current)
 
 
+# ------------------------------------------------------------------------------------------------
+# Metrics: the one place the providers record them
+
+
+def split_call(call: str) -> tuple[str, str]:
+    """``"enos.token.get"`` → ``("enos", "token.get")``: the labels of a call's metrics."""
+    provider, dot, name = call.partition(".")
+    return (provider, name) if dot else ("", call)
+
+
+_TAG = "fusefs.call"
+
+
+class _Call:
+    """An httpx request's call (in its ``extensions``): the client's hooks count its requests
+    sent and not answered yet, so that a failure without an answer is counted once."""
+
+    __slots__ = ("call", "unanswered")
+
+    def __init__(self, call: str) -> None:
+        self.call = call
+        self.unanswered = 0
+
+    def failed(self, kind: str) -> None:
+        if self.unanswered > 0:  # sent, no answer (a failure after the answer is no new request)
+            self.unanswered = 0
+            record_request(self.call, kind)
+
+
+async def _on_request(request: httpx.Request) -> None:
+    tag = request.extensions.get(_TAG)
+    if isinstance(tag, _Call):
+        tag.unanswered += 1
+
+
+async def _on_response(response: httpx.Response) -> None:
+    tag = response.request.extensions.get(_TAG)
+    if isinstance(tag, _Call):
+        tag.unanswered -= 1
+        record_request(tag.call, response.status_code)
+
+
+def meter(client: httpx.AsyncClient) -> None:
+    """Count every answer ``client`` gets for a request made inside :func:`map_http_errors`
+    (each one: a rejected token and the try with a fresh one are two). Idempotent."""
+    hooks = client.event_hooks
+    if _on_response not in hooks.get("response", []):
+        client.event_hooks = {
+            "request": [*hooks.get("request", []), _on_request],
+            "response": [*hooks.get("response", []), _on_response],
+        }
+
+
+def call_of(request: httpx.Request) -> str | None:
+    """The call ``request`` was made for (None: made outside :func:`map_http_errors`)."""
+    tag = request.extensions.get(_TAG)
+    return tag.call if isinstance(tag, _Call) else None
+
+
+def record_request(call: str, status: int | str) -> None:
+    """``call`` was answered with HTTP ``status``, or failed without an answer (an error kind)."""
+    provider, name = split_call(call)
+    metrics.request(provider, name, status)
+
+
+def record_retry(call: str, exc: TransientError | None = None, delay: float = 0.0) -> None:
+    """``call`` is tried again, after ``delay`` seconds: a rate-limit wait if ``exc`` is a
+    throttle (429 and the like)."""
+    provider, name = split_call(call)
+    metrics.retry(provider, name)
+    if exc is not None and exc.throttled:
+        metrics.rate_limit_wait(provider, delay)
+
+
+def record_token(call: str) -> None:
+    """A token source got a new token with ``call``."""
+    metrics.token_refresh(split_call(call)[0])
+
+
+def _bulk_error_kind(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError | socket.gaierror | ssl.SSLError):
+        return "connect"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "reset"
+
+
 @contextmanager
-def map_http_errors(call: str) -> Iterator[None]:
-    """Convert httpx transport exceptions raised inside the block into ``ProviderError``."""
+def map_http_errors(call: str) -> Iterator[dict[str, Any]]:
+    """Convert httpx transport exceptions raised inside the block into ``ProviderError``.
+
+    Yields the ``extensions`` for the httpx request made inside: tagged so, its answers are
+    counted by the client's hooks (:func:`meter`) and a failure without one here, by kind
+    (``connect``, ``timeout``, ``reset``, ``bad_url``)."""
+    tag = _Call(call)
     try:
-        yield
+        yield {_TAG: tag}
     except httpx.ConnectError as exc:
+        tag.failed("connect")
         raise Unavailable(f"cannot connect: {exc or type(exc).__name__}", call=call) from exc
     except httpx.TimeoutException as exc:
+        tag.failed("timeout")
         raise TransientError(f"timed out ({type(exc).__name__})", call=call) from exc
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        tag.failed("bad_url")
         raise ProtocolError(f"bad URL: {exc}", call=call) from exc
     except httpx.TransportError as exc:
+        tag.failed("reset")
         raise TransientError(f"{type(exc).__name__}: {exc}", call=call) from exc
     except httpx.StreamError as exc:  # pragma: no cover - programming errors, kept visible
         raise ProtocolError(f"{type(exc).__name__}: {exc}", call=call) from exc
@@ -116,7 +226,7 @@ def error_for_status(
     msg = f"HTTP {status}" + (f": {detail}" if detail else "")
     if status >= 500 or status in (408, 429):
         retry_after = parse_retry_after((headers or {}).get("retry-after"))
-        return TransientError(msg, call=call, retry_after=retry_after)
+        return TransientError(msg, call=call, retry_after=retry_after, throttled=status == 429)
     if status == 404:
         return ObjectNotFound(msg, call=call)
     if status in (401, 403):
@@ -158,6 +268,7 @@ async def retry(
             log.warning(
                 "%s failed (%s); retry %d/%d in %.2fs", call, exc, failures, limit - 1, delay
             )
+            record_retry(call, exc, delay)
             await trio.sleep(delay)
 
 
@@ -199,19 +310,30 @@ async def start_download(
     answer is read whole and closed, for the caller to classify. Network errors are mapped;
     ``auth`` (a ``TokenAuth``) sets the credentials and renews them once if rejected."""
     log.debug("%s: GET %s", call, url)
-    with map_http_errors(call):
+    with map_http_errors(call) as tagged:
         resp = await stack.enter_async_context(
             client.stream(
                 "GET",
                 url,
                 headers={**headers, **DOWNLOAD_HEADERS},
                 auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
+                extensions=tagged,
             )
         )
         if resp.status_code != 200:
             await resp.aread()
             await resp.aclose()
     return resp
+
+
+async def iter_body(resp: httpx.Response, call: str) -> AsyncGenerator[bytes, None]:
+    """The body of a whole-object download (:func:`start_download`'s 200) in chunks, counted;
+    a cut raises ``TransientError``."""
+    provider = split_call(call)[0]
+    with map_http_errors(call):
+        async for chunk in resp.aiter_bytes(CHUNK_SIZE):
+            metrics.downloaded(provider, len(chunk))
+            yield chunk
 
 
 class _Stale(Exception):
@@ -253,6 +375,7 @@ class _Resume:
         if isinstance(exc, _Stale):
             self.stale_in_a_row += 1
             _refresh_or_raise(exc, self.stale_in_a_row, self.call, self.pos)
+            record_retry(self.call)
             self.stale = True
             return
         assert isinstance(exc, TransientError)
@@ -363,15 +486,16 @@ async def stream_range(
         end = expected_size if end is None else min(end, expected_size)
     r = _Resume(call, offset, end, expected_size, policy)
     stale_check = is_stale or (lambda resp: resp.status_code in (401, 403))
+    provider = split_call(call)[0]
     while r.end is None or r.pos < r.end:
         target = await get_target(r.stale)
         r.stale = False
         headers = _range_headers(target, r.pos, r.end)
         start = r.pos
         try:
-            with map_http_errors(call):
+            with map_http_errors(call) as tagged:
                 async with client.stream(
-                    "GET", target.url, params=target.params, headers=headers
+                    "GET", target.url, params=target.params, headers=headers, extensions=tagged
                 ) as resp:
                     log.debug("%s: GET %s -> %d", call, headers["Range"], resp.status_code)
                     head = await _range_start(resp, r, stale_check, classify)
@@ -391,6 +515,7 @@ async def stream_range(
                         if not chunk:
                             continue
                         r.progressed(len(chunk))
+                        metrics.downloaded(provider, len(chunk))
                         yield chunk
                         if r.end is not None and r.pos >= r.end:
                             return
@@ -424,10 +549,11 @@ async def download_range(
         end = min(end, expected_size)
     r = _Resume(call, offset, end, expected_size, policy)
     stale_check = is_stale or (lambda resp: resp.status_code in (401, 403))
+    provider = split_call(call)[0]
     while r.pos < end:
         target = await get_target(r.stale)
         r.stale = False
-        attempt = Attempt()
+        attempt = Attempt(provider)  # the thread counts the bytes it receives
         start = r.pos
         try:
             try:
@@ -447,6 +573,9 @@ async def download_range(
             except BaseException:
                 attempt.stop()  # cancelled: the thread stops at its next receive
                 raise
+            finally:
+                if attempt.status is not None:  # the answer's head came (maybe not all its body)
+                    record_request(call, attempt.status)
             log.debug("%s: GET bytes=%d-%d -> %d", call, r.pos, end - 1, answer.status)
             if answer.bad_range:
                 raise ProtocolError(
@@ -497,6 +626,7 @@ async def download_range(
                     n = min(len(view), len(data))
                     view[:n] = data[:n]
                     await trio.to_thread.run_sync(sink.received, r.pos, n)
+                    metrics.downloaded(provider, n)
                     r.pos += n
                     data = data[n:]
                 if r.pos < end:
@@ -511,9 +641,12 @@ async def download_range(
         except (_Stale, TransientError) as exc:
             await r.failed(exc, r.pos > start)
         except (OSError, http.client.HTTPException) as exc:
+            kind = _bulk_error_kind(exc)
+            if attempt.status is None:
+                record_request(call, kind)
             transient: TransientError = (
                 Unavailable(f"cannot connect: {exc}", call=call)
-                if isinstance(exc, ConnectionRefusedError | socket.gaierror | ssl.SSLError)
+                if kind == "connect"
                 else TransientError(f"{type(exc).__name__}: {exc}", call=call)
             )
             await r.failed(transient, r.pos > start)
@@ -546,6 +679,7 @@ async def _backoff(
         limit - 1,
         delay,
     )
+    record_retry(call, exc, delay)
     await trio.sleep(delay)
 
 

@@ -26,6 +26,7 @@ from fusefs.providers._http import (
     RetryPolicy,
     error_for_status,
     map_http_errors,
+    record_token,
     retry,
     short_body,
 )
@@ -119,7 +120,7 @@ def classify_huawei(resp: httpx.Response, call: str) -> ProviderError:
     if code in NOT_FOUND or resp.status_code == 404:
         return ObjectNotFound(text, call=call)
     if code in THROTTLED:
-        return TransientError(text, call=call)
+        return TransientError(text, call=call, throttled=True)
     if code in AUTH_CODES or resp.status_code == 401:
         return AuthError(text, call=call)
     return error_for_status(resp.status_code, call, f"{code} {msg}".strip(), resp.headers)
@@ -221,8 +222,10 @@ class IamTokenSource:
         }
         self.token_requests += 1
         log.debug("%s: POST %s (user %s, project %s)", call, self._url, self._user, self._project)
-        with map_http_errors(call):
-            resp = await self._client.post(self._url, params={"nocatalog": "true"}, json=body)
+        with map_http_errors(call) as tagged:
+            resp = await self._client.post(
+                self._url, params={"nocatalog": "true"}, json=body, extensions=tagged
+            )
         if resp.status_code in (400, 401, 403):
             raise AuthError(
                 f"IAM rejected user {self._user!r}: HTTP {resp.status_code} "
@@ -250,6 +253,7 @@ class IamTokenSource:
             log.warning("%s: token expires_at lies in the past (clock skew?); using 10 min", call)
             life = 600.0
         self._refresh_at = now + max(life - REFRESH_MARGIN, life / 2)
+        record_token(call)
         self._token = token
         log.debug("%s: new token, refresh in %.0fs", call, self._refresh_at - now)
         return str(token)

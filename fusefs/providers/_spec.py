@@ -12,7 +12,7 @@ import httpx
 
 from fusefs.config import MountConfig, SectionSpec
 from fusefs.providers._bulk import BulkClient
-from fusefs.providers._http import DEFAULT_RETRY, RetryPolicy
+from fusefs.providers._http import DEFAULT_RETRY, RetryPolicy, meter
 from fusefs.providers.base import Provider
 
 T = TypeVar("T")
@@ -20,7 +20,9 @@ T = TypeVar("T")
 
 class BuildContext:
     """What factories share: the client, the clock, the retry policy, and objects several
-    providers use together (one IAM token source for IoTDA and ROMA: :meth:`shared`)."""
+    providers use together (one IAM token source for IoTDA and ROMA: :meth:`shared`).
+
+    The client gets the hooks that count its answers (``_http.meter``; no-ops without metrics)."""
 
     def __init__(
         self,
@@ -31,6 +33,7 @@ class BuildContext:
         bulk: BulkClient | None = None,
     ) -> None:
         self.cfg = cfg
+        meter(client)
         self.client = client
         self.bulk = bulk or BulkClient()
         self.clock = clock

@@ -185,9 +185,20 @@ class VersionMismatch(ProviderError):
 
 
 class TransientError(ProviderError):
-    def __init__(self, message: str, *, call: str = "", retry_after: float | None = None) -> None:
+    """Worth another try. ``throttled``: the service said "too many requests" (429, a throttle
+    code), so the wait before that try is a rate-limit wait (``fusefs_rate_limit_wait_seconds``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        call: str = "",
+        retry_after: float | None = None,
+        throttled: bool = False,
+    ) -> None:
         super().__init__(message, call=call)
         self.retry_after = retry_after
+        self.throttled = throttled
 
 
 class Unavailable(TransientError):

@@ -43,6 +43,7 @@ from fusefs.providers._http import (
     gather_limited,
     is_json,
     map_http_errors,
+    record_token,
     retry,
     short_body,
     stream_range,
@@ -214,8 +215,8 @@ class EnosAuth:
             body["accessToken"] = old
         self.token_requests += 1
         log.debug("%s: POST %s/%s", call, self._url, action)
-        with map_http_errors(call):
-            resp = await self._client.post(f"{self._url}/{action}", json=body)
+        with map_http_errors(call) as tagged:
+            resp = await self._client.post(f"{self._url}/{action}", json=body, extensions=tagged)
         if resp.status_code != 200:
             err = error_for_status(resp.status_code, call, short_body(resp.content), resp.headers)
             raise err
@@ -240,6 +241,7 @@ class EnosAuth:
         except (TypeError, ValueError):
             expire = 7200.0
         now = self._clock()
+        record_token(call)
         self._token = token
         self._expire_at = now + expire
         self._refresh_at = now + max(expire - REFRESH_MARGIN, expire / 2)
@@ -342,10 +344,10 @@ class EnosProvider:
     ) -> httpx.Response:
         headers = {"Content-Type": "application/json;charset=UTF-8"} if content else {}
         log.debug("%s: %s %s %s", call, method, url, params.get("action", ""))
-        with map_http_errors(call):
+        with map_http_errors(call) as tagged:
             return await self._client.request(
                 method, url, params=params, content=content or None, headers=headers,
-                auth=self._auth,
+                auth=self._auth, extensions=tagged,
             )  # fmt: skip
 
     def _parse(self, call: str, resp: httpx.Response) -> dict[str, Any]:

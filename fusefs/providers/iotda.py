@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -23,10 +23,11 @@ from fusefs.config import Section, SectionSpec, known
 from fusefs.providers import _fields as fields
 from fusefs.providers._fields import ListingBudget, SkipLog, describe_item
 from fusefs.providers._http import (
-    CHUNK_SIZE,
     DEFAULT_RETRY,
     RetryPolicy,
+    iter_body,
     map_http_errors,
+    record_retry,
     retry,
     start_download,
 )
@@ -87,7 +88,7 @@ class IotdaProvider:
         self._retry = retry_policy
         self._page_size = page_size
         # every download attempt waits for its turn here: one per window, readers first
-        self.turns = DownloadTurns(download_interval)
+        self.turns = DownloadTurns(download_interval, name=self.name)
         self.background_fetch = background_fetch and download_interval > 0
         self.capabilities = Capabilities(
             ranged_reads=False,
@@ -139,9 +140,9 @@ class IotdaProvider:
 
     async def _request(self, call: str, url: str, params: dict[str, str]) -> httpx.Response:
         log.debug("%s: GET %s %s", call, url, params)
-        with map_http_errors(call):
+        with map_http_errors(call) as tagged:
             return await self._client.get(
-                url, params=params, headers=self._headers(), auth=self._auth
+                url, params=params, headers=self._headers(), auth=self._auth, extensions=tagged
             )
 
     def _parse(self, call: str, resp: httpx.Response) -> Any:
@@ -276,6 +277,7 @@ class IotdaProvider:
                             self.turns.interval + extra,
                         )
                         self.turns.defer(self.turns.interval + extra)
+                        record_retry(call)  # the wait is the turn's (counted there)
                         continue
                     raise classify_huawei(resp, call)
                 except TransientError as exc:
@@ -283,6 +285,7 @@ class IotdaProvider:
                     if failures >= self._retry.attempts:
                         raise
                     log.warning("%s failed (%s); retry %d after the window", call, exc, failures)
+                    record_retry(call)
 
     def open_stream(
         self, ref: ObjectRef, offset: int = 0, length: int | None = None
@@ -299,16 +302,8 @@ class IotdaProvider:
             async with AsyncExitStack() as stack:
                 resp = await self._open_download(stack, tid)
 
-                async def body() -> AsyncIterator[bytes]:
-                    with map_http_errors(call):
-                        async for chunk in resp.aiter_bytes(CHUNK_SIZE):
-                            yield chunk
-
-                gen = body()
-                try:
+                async with aclosing(iter_body(resp, call)) as gen:
                     yield gen
-                finally:
-                    await gen.aclose()  # type: ignore[attr-defined]
 
         return cm()
 

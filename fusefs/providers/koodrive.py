@@ -423,12 +423,13 @@ class KoodriveProvider:
 
     async def _request(self, call: str, path: str, content: bytes) -> httpx.Response:
         log.debug("%s: POST %s", call, path)
-        with map_http_errors(call):
+        with map_http_errors(call) as tagged:
             return await self._client.post(
                 self._url + path,
                 content=content,
                 headers={"Content-Type": "application/json;charset=UTF-8"},
                 auth=self._auth,
+                extensions=tagged,
             )
 
     def _parse(self, call: str, resp: httpx.Response) -> dict[str, Any]:

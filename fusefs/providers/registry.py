@@ -39,9 +39,20 @@ def parse_config(
     return parse_sections(data, env, providers=providers, base=base, path=path)
 
 
-def load_config(path: Path, env: Mapping[str, str] = os.environ) -> MountConfig:
-    """Read and validate the TOML file at ``path``; secrets are looked up in ``env``."""
+def load_config(
+    path: Path,
+    env: Mapping[str, str] = os.environ,
+    *,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> MountConfig:
+    """Read and validate the TOML file at ``path``; secrets are looked up in ``env``.
+    ``overrides`` (``-o`` options and flags, ``fusefs.mountopts``) replace the file's keys
+    before the one validation, so either way a value gets the same check and message."""
     data = read_toml(path)
+    if overrides:
+        from fusefs.mountopts import overlay
+
+        data = overlay(data, {k: dict(v) for k, v in overrides.items()})
     return parse_config(data, env, base=Path(path).resolve().parent, path=Path(path))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -28,10 +28,10 @@ from fusefs.logs import excerpt
 from fusefs.providers import _fields as fields
 from fusefs.providers._fields import SkipLog
 from fusefs.providers._http import (
-    CHUNK_SIZE,
     DEFAULT_RETRY,
     RetryPolicy,
     gather_limited,
+    iter_body,
     map_http_errors,
     retry,
     start_download,
@@ -128,8 +128,10 @@ class RomaProvider:
 
     async def _request(self, call: str, method: str, url: str, body: object) -> httpx.Response:
         log.debug("%s: %s %s", call, method, url)
-        with map_http_errors(call):
-            return await self._client.request(method, url, json=body, auth=self._auth)
+        with map_http_errors(call) as tagged:
+            return await self._client.request(
+                method, url, json=body, auth=self._auth, extensions=tagged
+            )
 
     def _parse(self, call: str, resp: httpx.Response) -> Any:
         if self._auth.is_rejected(resp):
@@ -285,8 +287,8 @@ class RomaProvider:
                 async def body() -> AsyncIterator[bytes]:
                     got = 0
                     try:
-                        with map_http_errors(call):
-                            async for chunk in resp.aiter_bytes(CHUNK_SIZE):
+                        async with aclosing(iter_body(resp, call)) as chunks:
+                            async for chunk in chunks:
                                 got += len(chunk)
                                 yield chunk
                     except TransientError as exc:

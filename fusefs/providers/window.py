@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import trio
 
+from fusefs import metrics
+
 
 @dataclass(eq=False, slots=True)
 class _Waiter:
@@ -28,8 +30,9 @@ class _Waiter:
 
 
 class DownloadTurns:
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, *, name: str = "") -> None:
         self.interval = interval
+        self.name = name  # the provider: labels the time waited for turns (rate-limit waits)
         self.last_start: float | None = None  # trio time the last turn was given
         self.starts = 0  # turns given so far
         self.holder: str | None = None  # the key holding the turn now
@@ -101,6 +104,7 @@ class DownloadTurns:
         me = _Waiter(key, next(self._seq))
         self._waiting.append(me)
         self._notify()
+        since = trio.current_time()
         try:
             while True:
                 moved = self._moved
@@ -115,6 +119,7 @@ class DownloadTurns:
         finally:
             self._waiting.remove(me)
             self._notify()
+            metrics.rate_limit_wait(self.name, trio.current_time() - since)
         self.holder = key
         self.last_start = trio.current_time()
         self.starts += 1

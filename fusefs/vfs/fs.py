@@ -43,8 +43,12 @@ class Opened:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """What ``df`` shows: the cache, as if it were the disk of the mount."""
+
     block_size: int
+    capacity_bytes: int  # the cap (max_size) plus the pinned bytes, which it does not count
     used_bytes: int  # in the cache, pinned or not
+    free_bytes: int  # what the cap leaves
     inodes: int  # known now
 
 
@@ -218,8 +222,14 @@ class Filesystem:
     # -- the file system ---------------------------------------------------------------------
     def usage(self) -> Usage:
         store = self.cache.store
+        unpinned, pinned = store.unpinned_bytes, store.pinned_bytes
+        free = max(0, store.max_bytes - unpinned)
         return Usage(
-            self.block_size, store.unpinned_bytes + store.pinned_bytes, len(self.tree.nodes)
+            self.block_size,
+            capacity_bytes=max(store.max_bytes, unpinned) + pinned,
+            used_bytes=unpinned + pinned,
+            free_bytes=free,
+            inodes=len(self.tree.nodes),
         )
 
 

@@ -102,6 +102,9 @@ class VirtualTree:
         self.clock = clock
         # called after a listing was applied (the background fetcher's wake-up)
         self.on_refresh: Callable[[Node], None] | None = None
+        # provider name -> (wall clock, error) of its last failed listing, until one succeeds
+        # (`fusefs status`: reachable or not since the start checks)
+        self.listing_errors: dict[str, tuple[float, str]] = {}
         self._next_ino = 2
         self.nodes: dict[InodeNo, Node] = {}
         root = Node(ROOT_INO, ROOT_INO, "", EntryKind.DIR, None, "")
@@ -165,6 +168,7 @@ class VirtualTree:
             if scope.cancelled_caught:
                 raise TransientError(f"no answer within {self.list_timeout:.0f} s", call="listing")
         except ProviderError as exc:
+            self.listing_errors[provider.name] = (time.time(), str(exc))
             if node.children is not None:
                 log.warning(
                     "%s failed (%s); serving the listing from %.0f s ago",
@@ -187,6 +191,7 @@ class VirtualTree:
             self._retry_soon(node)
             return
         t1 = time.perf_counter()
+        self.listing_errors.pop(provider.name, None)
         if provider.capabilities.one_shot:
             entries = self._keep_consumed(node, entries)
         self._apply_listing(node, entries)

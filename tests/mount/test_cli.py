@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fusefs.systemd import escape_path
 from fusefs.testbed import demo_config
 from tests.helpers.mounting import Emulator, mounted, spawn_daemon, unmount, wait_for_mount
 
@@ -106,9 +107,32 @@ def test_background_mount_and_unmount(world_tiny: Path, emulator: Emulator, work
         u = fusefs("unmount", str(mnt))
     assert u.returncode == 0, u.stderr
     assert not os.path.ismount(mnt)
-    log = (workdir / "state" / "fusefs" / "bg.log").read_text()
+    # named after the whole mountpoint, as systemd names units: no two mounts share one
+    log = (workdir / "state" / "fusefs" / f"{escape_path(mnt)}.log").read_text()
     for value in secrets.values():
         assert value not in log
+
+
+@pytest.mark.fuse
+def test_helper_style_call_as_mount_fuse_makes_it(
+    world_tiny: Path, emulator: Emulator, workdir: Path
+) -> None:
+    """/sbin/mount.fuse runs `fusefs CONFIG MOUNTPOINT -o rw,...,dev,suid`: it backgrounds the
+    daemon and returns once mounted, quietly; unknown options are refused by name."""
+    mnt = workdir / "helper"
+    mnt.mkdir()
+    cfg = workdir / "helper.toml"
+    secrets = demo_config(world_tiny, emulator.url, workdir / "cache", cfg)
+    env = {**os.environ, **secrets, "XDG_STATE_HOME": str(workdir / "state")}
+    r = fusefs(str(cfg), str(mnt), "-o", "rw,bogus,dev,suid", env=env)
+    assert r.returncode == 32 and "unknown mount option: bogus" in one_line_error(r)
+    r = fusefs(str(cfg), str(mnt), "-o", "rw,dir_ttl=5,dev,suid", env=env)
+    try:
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "" and os.listdir(mnt / "koodrive")
+    finally:
+        u = fusefs("unmount", str(mnt))
+    assert u.returncode == 0, u.stderr
 
 
 @pytest.mark.fuse

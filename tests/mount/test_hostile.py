@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,11 +16,11 @@ import pytest
 from tests.helpers.mounting import Emulator, mounted
 from tests.mount.test_info import info
 from tests.mount.test_mount import manifest
+from tests.reliability.common import LOG_LINE
 
 pytestmark = pytest.mark.fuse
 
 HUGE = 10**14
-LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
 
 def small_koodrive_folder(world: Path) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:

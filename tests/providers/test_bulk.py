@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import http.server
 import os
+import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -27,7 +29,8 @@ class _State:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.valid_link = "l1"
-        self.cut_after: int | None = None  # reset the connection after this many body bytes
+        self.cut_after: int | None = None  # close the connection after this many body bytes
+        self.rst_after: int | None = None  # ... and reset it (RST: the reader sees an error)
         self.truncate_after: int | None = None  # full Content-Length, fewer bytes, close
         self.ignore_range = False
         self.wrong_range = False
@@ -71,6 +74,17 @@ def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
                 self.wfile.write(body[:n])
                 self.wfile.flush()
                 self.connection.shutdown(2)
+                return
+            if state.rst_after is not None:
+                n, state.rst_after = state.rst_after, None
+                self.wfile.write(body[:n])
+                self.wfile.flush()
+                time.sleep(0.1)  # the bytes reach the reader before the reset
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                self.connection.close()
+                self.close_connection = True
                 return
             if state.truncate_after is not None:
                 n, state.truncate_after = state.truncate_after, None
@@ -152,6 +166,17 @@ async def test_resumes_after_a_reset_and_a_truncation(server: tuple[str, _State]
     assert await _fetch(base, s, 0, 2 << 20) == s.data[: 2 << 20]
     s.truncate_after = 333_333
     assert await _fetch(base, s, 5, 2 << 20) == s.data[5 : 5 + (2 << 20)]
+
+
+async def test_a_connection_reset_mid_body_resumes_from_the_byte_reached(
+    server: tuple[str, _State],
+) -> None:
+    """A reset (ECONNRESET, not an orderly close) after some bytes: the sink keeps them and the
+    next request asks from there (the sink refuses any other byte)."""
+    base, s = server
+    s.rst_after = 250_001
+    assert await _fetch(base, s, 7, 1 << 20) == s.data[7 : 7 + (1 << 20)]
+    assert s.requests == 2
 
 
 async def test_ignored_range_is_skipped_forward(server: tuple[str, _State]) -> None:

@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,18 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 SOAK = os.environ.get("FUSEFS_SOAK", "") not in ("", "0")
-LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+# one record = one line, starting with its time (HH:MM:SS or ISO 8601) and level
+LOG_LINE = re.compile(
+    r"^(\d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:?\d\d)?)"
+    r" (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
+)
+
+
+def level_of(line: str) -> str | None:
+    m = LOG_LINE.match(line)
+    return m.group(4) if m else None
+
+
 # errnos that name a problem of one entry or one read; the mount itself is fine
 CLEAR_ERRNOS = frozenset(
     {
@@ -92,18 +104,23 @@ class Clock:
     calls: int = 0
     errnos: dict[str, int] = field(default_factory=dict)
 
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
     def call(self, what: str, fn: Callable[..., Any], *args: Any) -> Outcome:
+        """``fn(*args)`` timed (thread-safe): its value, or the OSError it raised."""
         t0 = time.monotonic()
         try:
             out = Outcome(fn(*args))
         except OSError as exc:
             out = Outcome(error=exc)
-            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            self.errnos[name] = self.errnos.get(name, 0) + 1
         out.seconds = time.monotonic() - t0
-        self.calls += 1
-        if out.seconds > self.slowest:
-            self.slowest, self.slowest_what = out.seconds, what
+        with self.lock:
+            self.calls += 1
+            if out.error is not None:
+                name = errno.errorcode.get(out.error.errno or 0, str(out.error.errno))
+                self.errnos[name] = self.errnos.get(name, 0) + 1
+            if out.seconds > self.slowest:
+                self.slowest, self.slowest_what = out.seconds, what
         return out
 
     def figures(self) -> dict[str, Any]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,6 +27,7 @@ from tests.reliability.common import (
     CLEAR_ERRNOS,
     LOG_LINE,
     Clock,
+    level_of,
     log_lines,
     open_files,
     read_file,
@@ -44,7 +43,10 @@ DIR_TTL = 0.02
 READ_LIMIT = 4 << 20
 # INFO+ lines a case may cause: a read the kernel repeats, each FUSE request retried 5 times
 # with one line each, plus the listings' lines (the figure is reported; see docs/reliability.md)
-MAX_LINES_PER_CASE = 200
+MAX_LINES_PER_CASE = 40
+# ... except where the server cut the body short: every FUSE read of it is resumed 5 times with
+# a line each, and the kernel repeats failed reads (defect 3 of docs/reliability.md)
+MAX_LINES_PER_CUT_CASE = 600
 # cases that hit a known defect (tests/reliability/test_defects.py, xfail until fixed): their
 # problems are counted as known, not failed on; the fix removes the entry
 _KOO = "test_koodrive_page_without_files_is_not_an_empty_folder"
@@ -83,7 +85,7 @@ def build_cases(world: Path, emulator: Emulator) -> list[corpus.Case]:
         listed_targets |= {c.target for c in cases}
         by_provider[provider] = cases
 
-    # download routes: a file of its own per case where files are many, else cleared after
+    # download routes: a file of its own per case (not cached yet: they run first)
     def downloadable(provider: str, part: str) -> list[str]:
         return [
             f["path"]
@@ -111,10 +113,13 @@ def build_cases(world: Path, emulator: Emulator) -> list[corpus.Case]:
                 for c, t in zip(cases, downloads[route], strict=False):
                     c.target = t
             first += cases
-    budget = scale({"koodrive": 90, "enos": 90, "iotda": 60, "roma": 45}, None)
+    budget = scale(
+        {"koodrive": 90, "enos": 90, "iotda": 60, "roma": 45},
+        {"koodrive": 400, "enos": 400, "iotda": 250, "roma": 200},
+    )
     out = list(first)
     for provider, cases in by_provider.items():
-        out += cases if budget is None else corpus.sample(cases, budget[provider])
+        out += corpus.sample(cases, budget[provider])
     return out
 
 
@@ -134,15 +139,6 @@ def served_ok(got: bytes, sent: list[bytes]) -> bool:
     return any(got == s[: len(got)] for s in sent)
 
 
-def clear_cached(mnt: Path, path: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "fusefs", "cache", "clear", str(mnt), str(path)],
-        capture_output=True,
-        check=False,
-        timeout=60,
-    )
-
-
 def test_hostile_corpus(world_tiny: Path, emulator: Emulator, workdir: Path) -> None:
     expected_dir = world_tiny / "expected"
     emulator.set_faults({**BASE_PLAN, "record_answers": 50})
@@ -159,6 +155,7 @@ def test_hostile_corpus(world_tiny: Path, emulator: Emulator, workdir: Path) -> 
         per_route: Counter[str] = Counter()
         outcomes: Counter[str] = Counter()
         worst_lines = (0, "")
+        worst_cut = (0, "")
         bytes_compared = 0
         problems: list[str] = []
         history: dict[str, list[bytes]] = {}
@@ -212,19 +209,19 @@ def test_hostile_corpus(world_tiny: Path, emulator: Emulator, workdir: Path) -> 
                 ] += 1
             root = clock.call("listdir /", os.listdir, m.path)
             assert root.error is None, f"mount dead after {case.name}: {root.error}"
-            lines, log_pos = log_lines(m.log, log_pos)
-            loud = [ln for ln in lines if " DEBUG " not in ln[:20]]
-            if len(loud) > worst_lines[0]:
-                worst_lines = (len(loud), case.name)
-            bad_lines = [ln for ln in lines if not LOG_LINE.match(ln) or "\x1b" in ln]
-            if bad_lines:
-                problems.append(f"{case.name}: log lines not ours: {bad_lines[:2]!r}")
-            if case.download and case.provider in ("enos", "iotda"):
-                clear_cached(m.path, target)
             # the next case starts from a good listing (a failed refresh serves the last one)
             emulator.admin("PUT", "/_admin/faults", BASE_PLAN)
             time.sleep(DIR_TTL * 1.5)
-            os.listdir(parent)
+            meta_clock.call("listdir (restored)", os.listdir, parent)
+            lines, log_pos = log_lines(m.log, log_pos)
+            loud = [ln for ln in lines if level_of(ln) != "DEBUG"]
+            if case.served == "cut":
+                worst_cut = max(worst_cut, (len(loud), case.name))
+            else:
+                worst_lines = max(worst_lines, (len(loud), case.name))
+            bad_lines = [ln for ln in lines if not LOG_LINE.match(ln) or "\x1b" in ln]
+            if bad_lines:
+                problems.append(f"{case.name}: log lines not ours: {bad_lines[:2]!r}")
         elapsed = time.monotonic() - t_start
         emulator.admin("PUT", "/_admin/faults", BASE_PLAN)
         outside = [
@@ -247,6 +244,8 @@ def test_hostile_corpus(world_tiny: Path, emulator: Emulator, workdir: Path) -> 
             "bytes_compared": bytes_compared,
             "most_log_lines_for_a_case": worst_lines[0],
             "most_log_lines_case": worst_lines[1],
+            "most_log_lines_for_a_cut_body": worst_cut[0],
+            "most_log_lines_cut_case": worst_cut[1],
             "request_timeout_s": REQUEST_TIMEOUT,
             "problems": len([p for p in problems if p.split(":", 1)[0] not in KNOWN_DEFECTS]),
             "known_defect_hits": len([p for p in problems if p.split(":", 1)[0] in KNOWN_DEFECTS]),
@@ -266,6 +265,7 @@ def test_hostile_corpus(world_tiny: Path, emulator: Emulator, workdir: Path) -> 
         problems = [p for p in problems if p not in known]
         assert not problems, "\n".join(problems[:30])
         assert worst_lines[0] <= MAX_LINES_PER_CASE, worst_lines
+        assert worst_cut[0] <= MAX_LINES_PER_CUT_CASE, worst_cut
         # a FUSE request answers within request_timeout; the kernel may send a failed read
         # twice (read-ahead, then the read itself), see test_short_body_fails_within_timeout
         assert meta_clock.slowest < REQUEST_TIMEOUT + 1.0, meta_clock.figures()

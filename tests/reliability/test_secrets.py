@@ -97,7 +97,7 @@ def test_no_secret_anywhere(
     )
     with mounted(world_tiny, emulator.url, workdir, mount_opts={"log_level": level}) as m:
         m.world = world_tiny  # type: ignore[attr-defined]
-        n = scale(120 if level in ("debug", "info") else 30, len(files))
+        n = scale(60 if level in ("debug", "info") else 30, len(files))
         for f in files[:: max(1, len(files) // n)]:
             try:
                 (m.path / f["path"]).read_bytes()

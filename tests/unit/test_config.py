@@ -237,3 +237,102 @@ def test_http_section(tmp_path: Path) -> None:
             parse_config({**base, "http": bad}, env, base=tmp_path)
     with pytest.raises(ConfigError, match="unknown key"):
         parse_config({**base, "http": {"verify": False}}, env, base=tmp_path)
+
+
+KOO = {"koodrive": {"url": "https://k", "token_env": "T", "containers": ["c"]}}
+
+
+def parse(tmp_path: Path, **tables: dict[str, object]) -> object:
+    from fusefs.providers.registry import parse_config
+
+    return parse_config({**KOO, **tables}, {"T": "secret"}, base=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("20G", 20 << 30),
+        ("20GiB", 20 << 30),
+        ("20GB", 20 * 10**9),
+        ("512k", 512 << 10),
+        ("1.5T", int(1.5 * (1 << 40))),
+        ("3 MB", 3 * 10**6),
+        ("100", 100),
+        ("7B", 7),
+    ],
+)
+def test_sizes_as_the_peers_write_them(tmp_path: Path, text: str, size: int) -> None:
+    cfg = parse(tmp_path, cache={"max_size": text, "block_size": 1})
+    assert cfg.cache.max_size == size  # type: ignore[attr-defined]
+
+
+def test_mount_access_keys(tmp_path: Path) -> None:
+    cfg = parse(tmp_path)
+    m = cfg.mount  # type: ignore[attr-defined]
+    assert (m.allow_other, m.default_permissions, m.uid, m.gid) == (False, None, None, None)
+    assert (m.file_mode, m.dir_mode, m.log_file) == (0o444, 0o555, None)
+    cfg = parse(
+        tmp_path,
+        mount={
+            "allow_other": True,
+            "default_permissions": False,
+            "uid": 1000,
+            "gid": 0,
+            "file_mode": "0440",
+            "dir_mode": 0o550,
+            "log_file": "logs/m.log",
+        },
+    )
+    m = cfg.mount  # type: ignore[attr-defined]
+    assert (m.allow_other, m.default_permissions, m.uid, m.gid) == (True, False, 1000, 0)
+    assert (m.file_mode, m.dir_mode, m.log_file) == (0o440, 0o550, tmp_path / "logs/m.log")
+
+
+@pytest.mark.parametrize(
+    ("mount", "message"),
+    [
+        ({"uid": -1}, "[mount] uid: must be an id >= 0"),
+        ({"gid": "1000"}, "[mount] gid: must be a numeric id"),
+        ({"file_mode": "rw-r--r--"}, '[mount] file_mode: must be octal digits like "0444"'),
+        ({"file_mode": 444}, "write bits"),  # decimal 444 = 0o674
+        ({"dir_mode": "0755"}, "[mount] dir_mode: '0755' is mode 0755, with write bits"),
+        ({"dir_mode": 0o4555}, "is not a permission mode"),
+        ({"allow_other": "yes"}, "[mount] allow_other: must be true or false"),
+        ({"log_file": ""}, "[mount] log_file: must not be empty"),
+    ],
+)
+def test_mount_access_errors(tmp_path: Path, mount: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(tmp_path, mount=mount)
+    assert message in str(info.value)
+
+
+def test_metrics_address(tmp_path: Path) -> None:
+    assert parse(tmp_path).metrics.address is None  # type: ignore[attr-defined]
+    cfg = parse(tmp_path, metrics={"address": "127.0.0.1:9464"})
+    assert cfg.metrics.address == ("127.0.0.1", 9464)  # type: ignore[attr-defined]
+    cfg = parse(tmp_path, metrics={"address": "[::1]:9000"})
+    assert cfg.metrics.address == ("::1", 9000)  # type: ignore[attr-defined]
+    for bad in ("9464", "host:", "host:99999", "::1:9000", ":9464"):
+        with pytest.raises(ConfigError, match=r"\[metrics\] address: "):
+            parse(tmp_path, metrics={"address": bad})
+    with pytest.raises(ConfigError, match="unknown key 'port'"):
+        parse(tmp_path, metrics={"port": 1})
+
+
+def test_overrides_go_through_the_same_checks(tmp_path: Path) -> None:
+    from fusefs import mountopts
+
+    path = write(
+        tmp_path,
+        "[cache]\nmax_size = 1024\nblock_size = 1\n"
+        + FULL.split("[cache]")[0]
+        + "[koodrive]"
+        + FULL.split("[koodrive]")[1].split("[iam]")[0],
+    )
+    opts = mountopts.parse(["allow_other,uid=1000,cache_max_size=20G,file_mode=0400,dir_ttl=5"])
+    cfg = load_config(path, ENV, overrides=opts)
+    assert cfg.mount.allow_other and cfg.mount.uid == 1000 and cfg.mount.file_mode == 0o400
+    assert cfg.cache.max_size == 20 << 30 and cfg.mount.dir_ttl == 5.0
+    with pytest.raises(ConfigError, match=r"\[cache\] max_size: cannot read size '20 gigs'"):
+        load_config(path, ENV, overrides=mountopts.parse(["cache_max_size=20 gigs"]))

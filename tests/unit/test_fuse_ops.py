@@ -342,7 +342,8 @@ async def test_a_request_longer_than_request_timeout_is_eio(
 async def test_xattrs_off_answer_enosys_so_the_kernel_stops_asking(tmp_path: Path) -> None:
     async with running(tmp_path) as (o, _p):
         f = await lookup_path(o, "p/big")
-        assert await errno_of(o.listxattr(f.st_ino, CTX)) == errno.ENOSYS
+        # the listing is empty (getfattr -d prints nothing); a name asked for is not supported
+        assert await o.listxattr(f.st_ino, CTX) == []
         assert await errno_of(o.getxattr(f.st_ino, b"user.fusefs.provider", CTX)) == errno.ENOSYS
         assert await errno_of(o.getxattr(f.st_ino, b"security.selinux", CTX)) == errno.ENOSYS
 
@@ -362,11 +363,12 @@ async def test_xattrs_on_show_the_state_of_fusefs_info(tmp_path: Path) -> None:
 
 
 # -- the file system ----------------------------------------------------------------------------
-async def test_statfs_reports_the_cache_usage(tmp_path: Path) -> None:
+async def test_statfs_reports_the_cache_capacity_use_and_free(tmp_path: Path) -> None:
     async with running(tmp_path) as (o, _p):
+        cap = o.fs.cache.store.max_bytes
         empty = await o.statfs(CTX)
-        assert empty.f_bsize == empty.f_frsize == BS and empty.f_blocks == 1
-        assert empty.f_bfree == empty.f_bavail == empty.f_ffree == 0 and empty.f_namemax == 255
+        assert empty.f_bsize == empty.f_frsize == BS and empty.f_namemax == 255
+        assert empty.f_blocks == cap // BS and empty.f_bfree == empty.f_bavail == cap // BS
         f = await lookup_path(o, "p/big")
         fh = (await o.open(f.st_ino, os.O_RDONLY, CTX)).fh
         for off in range(0, 16 * BS, BS):
@@ -374,6 +376,56 @@ async def test_statfs_reports_the_cache_usage(tmp_path: Path) -> None:
         node = o.fs.tree.node(f.st_ino)
         assert node.provider is not None
         await o.fs.cache.flush(o.fs.cache.object(node.provider, o.fs.tree.ref(node)).oid)
-        s = await o.statfs(CTX)  # the bytes written to the cache
-        assert s.f_blocks >= 16
-        assert s.f_files == len(o.fs.tree.nodes)
+        s = await o.statfs(CTX)  # the bytes written to the cache are used, the rest free
+        assert s.f_blocks == empty.f_blocks
+        assert s.f_bfree <= s.f_blocks - 16
+        # inodes: never shown as running out (df -i)
+        assert s.f_files - s.f_ffree == len(o.fs.tree.nodes)
+        assert s.f_ffree > 1_000_000 and s.f_favail == s.f_ffree
+
+
+async def test_attributes_show_the_configured_owner_and_modes(tmp_path: Path) -> None:
+    o = ops(
+        tmp_path,
+        FilesProvider(),
+        request_timeout=5,
+        uid=1234,
+        gid=4321,
+        file_mode=0o440,
+        dir_mode=0o550,
+    )
+    d = await o.lookup(ROOT_INO, b"p", CTX)
+    assert d.st_mode == stat.S_IFDIR | 0o550 and (d.st_uid, d.st_gid) == (1234, 4321)
+    f = await lookup_path(o, "p/big")
+    assert f.st_mode == stat.S_IFREG | 0o440 and (f.st_uid, f.st_gid) == (1234, 4321)
+    default = ops(tmp_path / "b", FilesProvider(), request_timeout=5)
+    g = await lookup_path(default, "p/big")
+    assert g.st_mode == stat.S_IFREG | 0o444 and g.st_uid == os.getuid()
+
+
+async def test_read_latency_is_recorded_only_when_asked(tmp_path: Path) -> None:
+    seen: list[float] = []
+    async with running(tmp_path, read_latency=seen.append) as (o, _p):
+        f = await lookup_path(o, "p/big")
+        fh = (await o.open(f.st_ino, os.O_RDONLY, CTX)).fh
+        assert len(await o.read(fh, 0, BS)) == BS
+        assert await errno_of(o.read(fh + 100, 0, BS)) == errno.EBADF  # failures are timed too
+        assert len(seen) == 2 and all(t >= 0 for t in seen)
+    async with running(tmp_path / "b") as (plain, _p):
+        assert "read" not in vars(plain)  # off: the class's read, no wrapper
+
+
+def test_mount_options_for_other_users() -> None:
+    from dataclasses import replace
+
+    from fusefs.config import MountConfig, MountOptions
+    from fusefs.mount import fuse_options
+
+    def opts(**kw: Any) -> set[str]:
+        return fuse_options(replace(MountConfig(), mount=MountOptions(**kw)))
+
+    base = {"fsname=fusefs", "subtype=fusefs", "ro", "noatime"}
+    assert opts() == base  # the mounting user alone: the kernel lets nobody else in
+    assert opts(allow_other=True) == base | {"allow_other", "default_permissions"}
+    assert opts(allow_other=True, default_permissions=False) == base | {"allow_other"}
+    assert opts(default_permissions=True) == base | {"default_permissions"}

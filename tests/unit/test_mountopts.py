@@ -28,6 +28,26 @@ def test_what_mount_and_systemd_add_is_ignored() -> None:
     opts = "ro,_netdev,nofail,noauto,x-systemd.requires=network-online.target,nosuid,nodev,dev"
     assert mountopts.parse([opts]) == {}
     assert mountopts.parse(["", ",,"]) == {}
+    # mount(8) passes rw unless told ro, mount.fuse adds dev,suid: the mount is read-only anyway
+    assert mountopts.parse(["rw,allow_other,dev,suid"]) == {"mount": {"allow_other": True}}
+
+
+def test_numbers_and_flags_written_back() -> None:
+    assert mountopts.parse(["dir_ttl=5", "dir_ttl=2.5"]) == {"mount": {"dir_ttl": 2.5}}
+    assert mountopts.parse(["default_permissions=false"]) == {
+        "mount": {"default_permissions": False}
+    }
+    assert mountopts.format_option("allow_other", True) == "allow_other"
+    assert mountopts.format_option("default_permissions", False) == "default_permissions=false"
+    assert mountopts.format_option("uid", 7) == "uid=7"
+    with pytest.raises(MountOptionError, match="comma"):
+        mountopts.format_option("log_file", "/a,b")
+
+
+def test_sloppy_mounts_drop_only_the_unknown() -> None:
+    texts = ["rw,bogus=1,uid=5", "comment=x,big_writes"]
+    assert mountopts.unknown(texts) == ["bogus", "big_writes"]
+    assert mountopts.without(texts[0], ["bogus"]) == "rw,uid=5"
 
 
 @pytest.mark.parametrize(
@@ -35,7 +55,7 @@ def test_what_mount_and_systemd_add_is_ignored() -> None:
     [
         ("allow_others", ["unknown mount option: allow_others", "allow_other"]),
         ("uid=1000,bogus,big_writes", ["unknown mount options: bogus, big_writes"]),
-        ("rw", ["read-only"]),
+        ("dir_ttl=soon", ["-o dir_ttl", "'soon' is not a number"]),
         ("uid=me", ["-o uid", "'me' is not a number"]),
         ("uid", ["-o uid needs a value"]),
         ("cache_dir=", ["-o cache_dir needs a value"]),

@@ -45,6 +45,7 @@ def test_unit_is_a_notify_service_with_secrets_outside() -> None:
         "ExecStartPre=-/bin/fusermount3 -uz '/mnt/iot data'",
         "ExecStart=/opt/fusefs/bin/fusefs mount --foreground --config /etc/fusefs/config.toml"
         " '/mnt/iot data'",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "WantedBy=multi-user.target",
     ):
         assert want in lines, want
