@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from fusefs.cache.store import CORRUPT, BlockKey, BlockStore, ObjectMeta, object_id
-from fusefs.cache.tier import BlockId, BlockTier
+from fusefs.cache.tier import BlockId, BlockTier, WholeId
 from fusefs.providers.base import (
     ObjectRef,
     OneShotConsumed,
@@ -1085,17 +1085,89 @@ class BlockCache:
         assert obj.size is not None
         return obj.size
 
+    async def _whole_from_tier(self, obj: CachedObject) -> tuple[bytes | None, bool]:
+        """Before a whole download: the bytes another host published (None: download here),
+        and whether this host holds the fleet's claim on the download."""
+        tier = self.tier
+        if tier is None or not tier.usable():
+            return None, False
+        one_shot = obj.provider.capabilities.one_shot
+        wid = WholeId(obj.ref.provider, obj.ref.key, obj.ref.version)
+        data = await tier.get_whole(wid)
+        if data is not None:
+            return data, False
+        if await tier.claim_whole(wid, one_shot=one_shot):
+            return None, True
+        self.counters.tier_waits += 1
+        data = await tier.wait_whole(wid)
+        if data is None and one_shot:
+            raise OneShotConsumed(
+                f"{obj.ref.key}: another host of the fleet downloaded it (it can be downloaded "
+                "only once) and did not share it",
+                call="fleet",
+            )
+        return data, False
+
+    async def _publish_whole(self, obj: CachedObject, claimed: bool, ok: bool) -> None:
+        """After a whole download this host claimed: share it complete, or end the claim."""
+        tier = self.tier
+        if tier is None or not claimed:
+            return
+        wid = WholeId(obj.ref.provider, obj.ref.key, obj.ref.version)
+        try:
+            if ok and obj.size is not None:
+                data = await self._read_object(obj.oid, obj.size)
+                if data is not None:
+                    await tier.publish_whole(wid, data)
+                    return
+            await tier.release_whole(wid)
+        except Exception:  # the tier's own errors never reach a reader
+            log.exception("fleet tier: sharing %s failed", obj.ref.key)
+
+    async def _read_object(self, oid: str, size: int) -> bytes | None:
+        """A complete object's bytes from the store, every segment checked (None: a block is
+        missing or bad). The records are read here, the data in a worker thread."""
+        store, bs = self.store, self.block_size
+        parts = []
+        for index in range(math.ceil(size / bs)):
+            plan = store.read_plan(oid, index, 0, min(bs, size - index * bs))
+            snap = store.record_snapshot(oid, index)
+            if plan is None or snap is None:
+                return None
+            parts.append((index, plan, snap))
+
+        def read() -> bytes | None:
+            out = bytearray()
+            for index, plan, snap in parts:
+                data, bad = store.read_checked(oid, index, plan, snap)
+                if data is None or bad >= 0:
+                    return None
+                out += data
+            return bytes(out) if len(out) == size else None
+
+        return await trio.to_thread.run_sync(read)
+
     async def _fetch_whole(self, obj: CachedObject, wf: _WholeFetch) -> None:
         one_shot = obj.provider.capabilities.one_shot
         sink = _Sink(self, obj, 0, None, in_thread=False, meta=self._take_meta(obj))
         total = 0
+        claimed = ok = False
         try:
-            self.counters.fetches += 1
-            async with obj.provider.open_stream(obj.ref) as stream:
-                async for chunk in stream:
-                    wf.consumed = one_shot
+            shared, claimed = await self._whole_from_tier(obj)
+            if shared is not None:
+                self.counters.tier_blocks += 1
+                sink.publish = False
+                for pos in range(0, len(shared), self.block_size):
+                    chunk = shared[pos : pos + self.block_size]
                     total += len(chunk)
                     await self._feed(sink, chunk)
+            else:
+                self.counters.fetches += 1
+                async with obj.provider.open_stream(obj.ref) as stream:
+                    async for chunk in stream:
+                        wf.consumed = one_shot
+                        total += len(chunk)
+                        await self._feed(sink, chunk)
             tail = sink.finish()
             if tail is not None:
                 sink.ready.append(tail)
@@ -1105,6 +1177,7 @@ class BlockCache:
             obj.size = total
             await self.flush(obj.oid)  # complete only once every block is on disk
             self._save_meta(obj, complete=True)
+            ok = True
             log.info("cached %s whole: %d bytes", obj.ref.key, total)
         except Exception as exc:
             if not isinstance(exc, ProviderError):
@@ -1125,6 +1198,9 @@ class BlockCache:
             if sink.meta is not None and not sink.received_bytes:
                 obj.meta_saved = False
             wf.done.set()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(30):  # bounded: the tier's calls are
+                    await self._publish_whole(obj, claimed, ok)
 
     # -- operator controls -------------------------------------------------------------------
     def set_pinned(self, obj: CachedObject, pinned: bool) -> None:

@@ -26,6 +26,15 @@ class BlockId:
     block_size: int
 
 
+@dataclass(frozen=True)
+class WholeId:
+    """One object version fetched whole (no Range: IoTDA exports, ROMA archives)."""
+
+    provider: str
+    key: str
+    version: str
+
+
 class BlockTier(Protocol):
     def usable(self) -> bool:
         """False while the tier is known to be down (no I/O: a cheap check per fetch)."""
@@ -53,4 +62,28 @@ class BlockTier(Protocol):
     def release(self, block: BlockId) -> None:
         """This host will not publish the block after all (its download failed): end the
         lease so another host can try (thread-safe, never blocks)."""
+        ...
+
+    # -- whole objects (sources without Range) ---------------------------------------------------
+    async def get_whole(self, obj: WholeId) -> bytes | None:
+        """The object's bytes if a host published them complete (verified)."""
+        ...
+
+    async def claim_whole(self, obj: WholeId, *, one_shot: bool) -> bool:
+        """True: this host downloads the object. For a one-shot source the claim is recorded
+        for good before the download starts (no second host ever tries; the host that made it
+        may try again, after a failure before any byte); otherwise it is a lease that ends
+        with ``publish_whole``/``release_whole`` or expires."""
+        ...
+
+    async def wait_whole(self, obj: WholeId) -> bytes | None:
+        """The object once the claiming host published it; None when it did not in time."""
+        ...
+
+    async def publish_whole(self, obj: WholeId, data: bytes) -> None:
+        """Share a complete download (only complete objects are ever visible)."""
+        ...
+
+    async def release_whole(self, obj: WholeId) -> None:
+        """This host's download failed: a lease ends (a one-shot claim stays: it is spent)."""
         ...

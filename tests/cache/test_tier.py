@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
 from fusefs.cache.block_cache import BlockCache
 from fusefs.cache.reader import FileReader
-from fusefs.cache.tier import BlockId
+from fusefs.cache.tier import BlockId, WholeId
+from fusefs.providers.base import Capabilities, OneShotConsumed, ProtocolError
 from tests.helpers.fakes import FakeProvider, object_bytes
 
 BS = 64 * 1024
@@ -29,6 +31,10 @@ class MemoryTier:
         self.gets = 0
         self.published = 0
         self._lock = threading.Lock()
+        self.wholes: dict[WholeId, bytes] = {}
+        self.claims: dict[WholeId, str] = {}
+        self.released: list[WholeId] = []
+        self.host = "a"  # who asks (the tests switch it between the hosts' reads)
 
     def usable(self) -> bool:
         return self.up
@@ -65,6 +71,30 @@ class MemoryTier:
     def release(self, block: BlockId) -> None:
         with self._lock:
             self.leases.discard(block)
+
+    async def get_whole(self, obj: WholeId) -> bytes | None:
+        return self.wholes.get(obj) if self.up else None
+
+    async def claim_whole(self, obj: WholeId, *, one_shot: bool) -> bool:
+        # one process stands for all hosts here: a claim is "ours" by the host name set
+        owner = self.claims.get(obj)
+        if owner is None:
+            self.claims[obj] = self.host
+            return True
+        return owner == self.host
+
+    async def wait_whole(self, obj: WholeId) -> bytes | None:
+        with trio.move_on_after(self.wait_timeout):
+            while obj not in self.wholes:  # noqa: ASYNC110 (a stand-in for Redis polling)
+                await trio.sleep(0.005)
+            return self.wholes[obj]
+        return None
+
+    async def publish_whole(self, obj: WholeId, data: bytes) -> None:
+        self.wholes[obj] = data  # claims stay: enough for these tests (one-shot semantics)
+
+    async def release_whole(self, obj: WholeId) -> None:
+        self.released.append(obj)
 
 
 @asynccontextmanager
@@ -193,3 +223,78 @@ async def test_a_random_read_takes_a_tier_block_and_leases_nothing(tmp_path: Pat
         got = await FileReader(b, b.object(pb, ref_b)).read(20 * BS + 500, 100)
         assert bytes(got) == object_bytes("f", size)[20 * BS + 500 : 20 * BS + 600]
         assert pb.requests == []
+
+
+EXPORT = Capabilities(ranged_reads=False, size_known=False)
+ARCHIVE = Capabilities(ranged_reads=False, size_known=False, one_shot=True)
+
+
+async def test_a_whole_object_is_downloaded_once_per_fleet(tmp_path: Path) -> None:
+    tier = MemoryTier()
+    size = 5 * BS + 7
+    async with hosts(tmp_path, tier, 2, lambda: FakeProvider(capabilities=EXPORT)) as group:
+        (a, pa), (b, pb) = group
+        ra = pa.add("export", size)
+        assert await a.wait_whole(a.object(pa, ra)) == size
+        wid = WholeId(ra.provider, ra.key, ra.version)
+        with trio.fail_after(2):  # shared just after the reader got its answer
+            while wid not in tier.wholes:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        assert tier.wholes[wid] == object_bytes("export", size)
+        tier.host = "b"
+        obj_b = b.object(pb, pb.add("export", size))
+        assert await b.wait_whole(obj_b) == size
+        got = await FileReader(b, obj_b).read(2 * BS, 3 * BS + 7)
+        assert bytes(got) == object_bytes("export", size)[2 * BS :]
+        assert pb.requests == []
+
+
+async def test_a_one_shot_archive_claimed_elsewhere_is_read_from_the_tier(
+    tmp_path: Path,
+) -> None:
+    tier = MemoryTier()
+    size = 3 * BS
+    slow = lambda: FakeProvider(name="roma", capabilities=ARCHIVE, delay=0.2)  # noqa: E731
+    async with hosts(tmp_path, tier, 2, slow) as ((a, pa), (b, pb)):
+        oa = a.object(pa, pa.add("a1", size))
+        ob = b.object(pb, pb.add("a1", size))
+        sizes: list[int] = []
+
+        async def on(host: str, c: BlockCache, obj: object) -> None:
+            sizes.append(await c.wait_whole(obj))  # type: ignore[arg-type]
+
+        async with trio.open_nursery() as n:
+            tier.host = "a"
+            n.start_soon(on, "a", a, oa)
+            await trio.sleep(0.05)  # a claims first
+            tier.host = "b"
+            n.start_soon(on, "b", b, ob)
+        assert sizes == [size, size]
+        assert len(pa.requests) + len(pb.requests) == 1  # downloaded by exactly one host
+
+
+async def test_a_one_shot_archive_its_claimer_lost_is_a_clear_error(tmp_path: Path) -> None:
+    tier = MemoryTier(wait_timeout=0.3)
+    size = 3 * BS
+    make = lambda: FakeProvider(name="roma", capabilities=ARCHIVE)  # noqa: E731
+    async with hosts(tmp_path, tier, 1, make) as [(b, pb)]:
+        ref = pb.add("a1", size)
+        tier.claims[WholeId(ref.provider, ref.key, ref.version)] = "a"  # a host that died
+        tier.host = "b"
+        with pytest.raises(OneShotConsumed, match="another host of the fleet"):
+            await b.wait_whole(b.object(pb, ref))
+        assert pb.requests == []  # never a second download of a one-shot archive
+
+
+async def test_a_failed_whole_download_ends_its_claim_and_publishes_nothing(
+    tmp_path: Path,
+) -> None:
+    tier = MemoryTier()
+    make = lambda: FakeProvider(capabilities=EXPORT, fail_after=BS)  # noqa: E731
+    async with hosts(tmp_path, tier, 1, make) as [(a, pa)]:
+        ref = pa.add("export", 4 * BS)
+        with pytest.raises(ProtocolError):
+            await a.wait_whole(a.object(pa, ref))
+        await trio.sleep(0.05)
+        wid = WholeId(ref.provider, ref.key, ref.version)
+        assert wid not in tier.wholes and tier.released == [wid]
