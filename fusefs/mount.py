@@ -538,7 +538,14 @@ def _cache_figures(cache: BlockCache) -> Callable[[], Mapping[str, int]]:
 def fuse_options(cfg: MountConfig) -> set[str]:
     """pyfuse3.init's options: read-only, and who may use the mount (docs/semantics.md)."""
     m = cfg.mount
-    options = {"fsname=fusefs", "subtype=fusefs", "ro", "noatime"}
+    # the source column of the mount table is the config file, as in the fstab line that
+    # mounted it (absolute, symlinks kept): `mount -a` then sees the line is mounted
+    source = (
+        os.path.abspath(cfg.path).replace("\\", "\\\\").replace(",", "\\,")
+        if cfg.path
+        else "fusefs"
+    )
+    options = {f"fsname={source}", "subtype=fusefs", "ro", "noatime"}
     if m.allow_other:
         options.add("allow_other")
     if m.allow_other if m.default_permissions is None else m.default_permissions:

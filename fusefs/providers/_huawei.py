@@ -172,6 +172,7 @@ class IamTokenSource:
         self._lock = trio.Lock()
         self._token: str | None = None
         self._refresh_at = 0.0
+        self.expires_at: float | None = None  # of the token held (the clock's time: wall)
         self._project_id: str | None = None
         self.token_requests = 0  # how many times IAM was asked (tests, stats)
 
@@ -253,6 +254,7 @@ class IamTokenSource:
             log.warning("%s: token expires_at lies in the past (clock skew?); using 10 min", call)
             life = 600.0
         self._refresh_at = now + max(life - REFRESH_MARGIN, life / 2)
+        self.expires_at = now + life
         record_token(call)
         self._token = token
         log.debug("%s: new token, refresh in %.0fs", call, self._refresh_at - now)

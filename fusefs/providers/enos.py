@@ -160,6 +160,9 @@ class EnosAuth:
     def __repr__(self) -> str:
         return f"EnosAuth(app_key={self._app_key!r})"
 
+    def expires_at(self) -> float | None:
+        return self._expire_at if self._token is not None else None
+
     async def token(self) -> str:
         tok = self._token
         if tok is not None and self._clock() < self._refresh_at:
@@ -307,6 +310,10 @@ class EnosProvider:
 
     def __repr__(self) -> str:
         return f"EnosProvider(apigw={self._apigw!r}, orgs={self._orgs!r})"
+
+    def token_expiry(self) -> float | None:
+        """When the access token held now expires (wall clock; ``fusefs status``)."""
+        return self.auth.expires_at()
 
     def describe(self, ref: ObjectRef) -> dict[str, str]:
         """Nothing live per object: every download is signed on the spot, by file URI or

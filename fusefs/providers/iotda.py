@@ -100,6 +100,10 @@ class IotdaProvider:
     def __repr__(self) -> str:
         return f"IotdaProvider(url={self._url!r}, project_id={self._project_id!r})"
 
+    def token_expiry(self) -> float | None:
+        """When the IAM token held now expires (wall clock; ``fusefs status``)."""
+        return self._iam.expires_at
+
     def describe(self, ref: ObjectRef) -> dict[str, str]:
         """The export's place in the download queue (one download per window)."""
         if self.turns.holder == ref.key:

@@ -93,6 +93,10 @@ class RomaProvider:
     def __repr__(self) -> str:
         return f"RomaProvider(url={self._url!r}, instances={list(self._instances)!r})"
 
+    def token_expiry(self) -> float | None:
+        """When the IAM token held now expires (wall clock; ``fusefs status``)."""
+        return self._iam.expires_at
+
     def describe(self, ref: ObjectRef) -> dict[str, str]:
         """The archive's one download as this mount saw it: ``downloading``, ``downloaded`` or
         ``consumed`` (the server would not, or no longer, send it); nothing before a try."""

@@ -536,6 +536,10 @@ def test_status_names_each_provider_and_the_cache(
         assert st["cache"]["max_bytes"] == 64 << 20 and st["cache"]["misses"] >= 1
         iotda = next(p for p in st["providers"] if p["name"] == "iotda")
         assert iotda["queue"]["interval"] == FAST_IOTDA_WINDOW
+        # the tokens the start checks fetched: their expiry, in the future (wall clock)
+        for p in st["providers"]:
+            if p["name"] != "koodrive":  # a fixed token: nothing expires
+                assert p["token_expires"] > time.time(), p
 
 
 def test_status_shows_a_provider_down_and_the_last_warnings(

@@ -17,6 +17,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -87,6 +88,12 @@ class Setup:
         self.work = workdir
         self.config = workdir / "config.toml"
         self.secrets = demo_config(world, emulator.url, workdir / "cache", self.config)
+        # the docs' metrics address, on a port free here
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.metrics = f"127.0.0.1:{probe.getsockname()[1]}"
+        with self.config.open("a") as f:
+            f.write(f'\n[metrics]\naddress = "{self.metrics}"\n')
         self.env_file = workdir / "fusefs.env"
         self.env_file.write_text("".join(f"{k}={v}\n" for k, v in self.secrets.items()))
         self.env_file.chmod(0o600)
@@ -102,6 +109,7 @@ class Setup:
             (ENV_FILE, self.env_file),
             (FSTAB_NEW, self.fstab_new),
             (VENV, Path(sys.prefix)),
+            ("127.0.0.1:9464", self.metrics),
         ):
             command = command.replace(doc_path, str(ours))
         return command
@@ -228,7 +236,8 @@ findmnt {MNT} || echo "not mounted"
     )
     out = r.stdout
     assert r.returncode == 0, f"{out}\n{r.stderr}"
-    assert step(out, "mount").split()[:2] == ["fuse.fusefs", "fusefs"]
+    # the source is the config file, as mount(8) was given it (so `mount -a` knows it)
+    assert step(out, "mount").split()[:2] == ["fuse.fusefs", str(ops.config)]
     assert {"enos", "koodrive", "iotda", "roma"} <= set(step(out, "mount").split())
     nobody = step(out, "nobody").split()
     assert {"enos", "koodrive", "iotda", "roma"} <= set(nobody)
@@ -260,6 +269,12 @@ cat {FSTAB_NEW} > /etc/fstab
 echo "== fstab"
 {doc("mount /mnt/clouds")}
 {doc("findmnt /mnt/clouds")}
+echo "== status"
+{doc("fusefs status /mnt/clouds")}
+{doc("curl -s http://127.0.0.1:9464/metrics")} | grep -c '^fusefs_requests_total'
+echo "== again"
+mount -a && echo "mount -a: rc=0"
+findmnt -n -o TARGET {MNT} | wc -l
 echo "== crash"
 pid=$(pgrep -f -- "[f]usefs mount --foreground .*--config {CONFIG}")  # not this script
 kill -9 $pid
@@ -276,6 +291,11 @@ umount {MNT}
     assert r.returncode == 0, out
     assert "koodrive" in step(r.stdout, "tried")
     assert "fuse.fusefs" in step(r.stdout, "fstab")
+    status = step(r.stdout, "status")
+    assert "koodrive" in status and "cache" in status.lower(), status
+    assert int(status.split()[-1]) > 0  # the request counters, scraped
+    # `mount -a` with the line mounted: nothing to do (the source matches the fstab line)
+    assert step(r.stdout, "again").split() == ["mount", "-a:", "rc=0", "1"]
     assert "Transport endpoint is not connected" in out
     assert "cleaned up the dead mount" in out
     assert "koodrive" in step(r.stdout, "recover")
