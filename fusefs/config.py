@@ -101,11 +101,26 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetSettings:
+    """The tier shared by a fleet of hosts (``[fleet]``, docs/fleet.md); absent: one host."""
+
+    url: str  # redis://host:port/db or rediss:// (TLS); never with credentials in it
+    key_prefix: str = "fusefs"
+    username: Secret | None = None
+    password: Secret | None = None
+    tls_ca_file: Path | None = None
+    lease_seconds: float = 30.0  # a download lease lives this long unless refreshed
+    lease_wait: float = 30.0  # how long a host waits for another host's download
+    block_ttl: float = 7 * 86400.0  # shared blocks expire (and may be evicted) after this
+
+
+@dataclass(frozen=True, slots=True)
 class MountConfig:
     mount: MountOptions = field(default_factory=MountOptions)
     cache: CacheConfig = field(default_factory=CacheConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    fleet: FleetSettings | None = None
     #: every registered section by name, in registry order: its parsed config, None if absent
     sections: Mapping[str, object | None] = field(default_factory=dict)
     path: Path | None = None  # the file it was loaded from
@@ -484,6 +499,43 @@ def _metrics(s: Section) -> MetricsConfig:
     return MetricsConfig(address=host_port(raw, lambda msg: s.err("address", msg)))
 
 
+def _fleet(s: Section) -> FleetSettings:
+    keys = {"url", "key_prefix", "tls_ca_file", "lease_seconds", "lease_wait", "block_ttl"}
+    known(s, keys | {f"{k}{x}" for k in ("username", "password") for x in ("", "_env", "_file")})
+    url = s.str_("url", required=True)
+    assert url is not None
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise s.err("url", f"must be redis://host:port/db or rediss://… (TLS), got {url!r}")
+    if "@" in parts.netloc:
+        raise s.err("url", "must not carry credentials; use username_env/password_env or _file")
+    prefix = s.str_("key_prefix", "fusefs")
+    assert prefix is not None
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
+        raise s.err("key_prefix", f"1-64 of A-Z a-z 0-9 _ . : -, got {prefix!r}")
+
+    def optional_secret(key: str) -> Secret | None:
+        has = s.has(key) or s.has(f"{key}_env") or s.has(f"{key}_file")
+        return s.secret(key) if has else None
+
+    ca = s.str_("tls_ca_file")
+    ca_path = None
+    if ca is not None:
+        ca_path = Path(os.path.expanduser(ca))
+        if not ca_path.is_absolute():
+            ca_path = s.base / ca_path
+    return FleetSettings(
+        url=url,
+        key_prefix=prefix,
+        username=optional_secret("username"),
+        password=optional_secret("password"),
+        tls_ca_file=ca_path,
+        lease_seconds=s.float_("lease_seconds", 30.0),
+        lease_wait=s.float_("lease_wait", 30.0, positive=False),
+        block_ttl=s.float_("block_ttl", 7 * 86400.0),
+    )
+
+
 def host_port(text: str, err: Callable[[str], ConfigError]) -> tuple[str, int]:
     """``host:port`` (``[::1]:port`` for IPv6) as (host, port)."""
     host, sep, port = text.strip().rpartition(":")
@@ -501,6 +553,7 @@ _GENERIC: dict[str, Callable[[Section], Any]] = {
     "cache": _cache,
     "http": _http,
     "metrics": _metrics,
+    "fleet": _fleet,
 }
 
 
@@ -573,6 +626,7 @@ def parse_sections(
         cache=generic.get("cache", CacheConfig()),
         http=generic.get("http", HttpConfig()),
         metrics=generic.get("metrics", MetricsConfig()),
+        fleet=generic.get("fleet"),
         sections=sections,
         path=path,
     )

@@ -45,6 +45,7 @@ from fusefs.vfs.tree import VirtualTree
 
 if TYPE_CHECKING:
     from fusefs.config import MountConfig
+    from fusefs.fleet import CacheTier
     from fusefs.providers.base import Capabilities, ObjectRef, Provider, RemoteEntry
 
 log = logging.getLogger(__name__)
@@ -535,6 +536,38 @@ def _cache_figures(cache: BlockCache) -> Callable[[], Mapping[str, int]]:
     return cache.statistics
 
 
+async def _start_fleet(cfg: MountConfig, stack: contextlib.AsyncExitStack) -> CacheTier | None:
+    """The fleet's shared tier when ``[fleet]`` is configured (docs/fleet.md). A Redis that
+    does not answer now is not an error: the tier comes back by itself once it does."""
+    f = cfg.fleet
+    if f is None:
+        return None
+    from fusefs.fleet import CacheTier, FleetConfig, FleetConfigError, FleetTier
+
+    try:
+        tier = FleetTier(
+            FleetConfig(
+                url=f.url,
+                key_prefix=f.key_prefix,
+                username=f.username.reveal() if f.username else None,
+                password=f.password.reveal() if f.password else None,
+                tls_ca_file=str(f.tls_ca_file) if f.tls_ca_file else None,
+                lease_seconds=f.lease_seconds,
+                lease_wait=f.lease_wait,
+                block_ttl=f.block_ttl,
+            ),
+            block_size=cfg.cache.block_size,
+        )
+    except FleetConfigError as exc:
+        raise MountError(f"[fleet]: {exc}") from None
+    stack.push_async_callback(tier.aclose)
+    if await tier.ping():
+        log.info("fleet tier: %r", tier)
+    else:
+        log.warning("fleet tier %r does not answer; reading from the clouds until it does", tier)
+    return CacheTier(tier)
+
+
 def fuse_options(cfg: MountConfig) -> set[str]:
     """pyfuse3.init's options: read-only, and who may use the mount (docs/semantics.md)."""
     m = cfg.mount
@@ -617,7 +650,12 @@ async def _run_mount(
             user_agent="fusefs/0.1",
         )
         stack.callback(bulk.close)
-        providers: list[Provider] = list(build_providers(cfg, client, bulk=bulk))
+        fleet = await _start_fleet(cfg, stack)
+        providers: list[Provider] = list(
+            build_providers(
+                cfg, client, bulk=bulk, window_gate=fleet.window if fleet is not None else None
+            )
+        )
         for p in providers:
             stack.push_async_callback(p.aclose)
         warnings: list[str] = []
@@ -637,6 +675,7 @@ async def _run_mount(
             max_bytes=cfg.cache.max_size,
             min_free_ratio=cfg.cache.min_free_ratio,
             memory_budget=cfg.cache.memory_budget,
+            tier=fleet,
         )
         if metrics_on is not None:
             assert cfg.metrics.address is not None
@@ -684,6 +723,8 @@ async def _run_mount(
         # they would reach the CLI wrapped in an ExceptionGroup
         async with trio.open_nursery() as nursery:
             await nursery.start(life.run, signals)
+            if fleet is not None:
+                await nursery.start(fleet.run)
             await nursery.start(cache.run)
             await nursery.start(control.run)
             await nursery.start(snapshots.run)  # listing saves, off the event loop

@@ -14,6 +14,7 @@ from fusefs.config import MountConfig, SectionSpec
 from fusefs.providers._bulk import BulkClient
 from fusefs.providers._http import DEFAULT_RETRY, RetryPolicy, meter
 from fusefs.providers.base import Provider
+from fusefs.providers.window import WindowGate
 
 T = TypeVar("T")
 
@@ -31,8 +32,10 @@ class BuildContext:
         clock: Callable[[], float] = time.time,
         retry_policy: RetryPolicy = DEFAULT_RETRY,
         bulk: BulkClient | None = None,
+        window_gate: WindowGate | None = None,
     ) -> None:
         self.cfg = cfg
+        self.window_gate = window_gate  # the fleet's per-user download windows (IoTDA)
         meter(client)
         self.client = client
         self.bulk = bulk or BulkClient()

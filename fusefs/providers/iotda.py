@@ -50,7 +50,7 @@ from fusefs.providers.base import (
     RemoteEntry,
     TransientError,
 )
-from fusefs.providers.window import DownloadTurns
+from fusefs.providers.window import DownloadTurns, WindowGate
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ class IotdaProvider:
         retry_policy: RetryPolicy = DEFAULT_RETRY,
         page_size: int = 50,
         background_fetch: bool = True,
+        window_gate: WindowGate | None = None,
+        window_name: str = "",
     ) -> None:
         self._client = client
         self._iam = iam
@@ -88,7 +90,9 @@ class IotdaProvider:
         self._retry = retry_policy
         self._page_size = page_size
         # every download attempt waits for its turn here: one per window, readers first
-        self.turns = DownloadTurns(download_interval, name=self.name)
+        self.turns = DownloadTurns(
+            download_interval, name=self.name, gate=window_gate, gate_name=window_name
+        )
         self.background_fetch = background_fetch and download_interval > 0
         self.capabilities = Capabilities(
             ranged_reads=False,
@@ -352,6 +356,9 @@ def build(ctx: BuildContext, c: IotdaConfig) -> IotdaProvider:
         download_interval=c.download_interval,
         retry_policy=ctx.retry,
         background_fetch=c.background_fetch,
+        window_gate=ctx.window_gate,
+        # one window per IAM user (the quota's unit), named without the secret
+        window_name=f"iotda:{ctx.cfg.iam.url}:{ctx.cfg.iam.domain}:{ctx.cfg.iam.user}",
     )
 
 

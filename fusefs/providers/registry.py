@@ -22,6 +22,7 @@ from fusefs.providers._bulk import BulkClient
 from fusefs.providers._http import DEFAULT_RETRY, RetryPolicy
 from fusefs.providers._spec import BuildContext, ProviderSpec
 from fusefs.providers.base import Provider
+from fusefs.providers.window import WindowGate
 
 #: name → spec, in the order of the directories under the mount root.
 REGISTRY: dict[str, ProviderSpec] = {m.SPEC.name: m.SPEC for m in (enos, koodrive, iotda, roma)}
@@ -63,10 +64,11 @@ def build_providers(
     clock: Callable[[], float] = time.time,
     retry_policy: RetryPolicy = DEFAULT_RETRY,
     bulk: BulkClient | None = None,
+    window_gate: WindowGate | None = None,
 ) -> list[Provider]:
     """One provider per configured section (absent section = not mounted), sharing ``client``
-    (API calls) and ``bulk`` (object bodies)."""
-    ctx = BuildContext(cfg, client, clock, retry_policy, bulk)
+    (API calls) and ``bulk`` (object bodies); ``window_gate``: the fleet's download windows."""
+    ctx = BuildContext(cfg, client, clock, retry_policy, bulk, window_gate)
     out = []
     for name, spec in REGISTRY.items():
         section = cfg.sections.get(name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
@@ -29,10 +29,24 @@ class _Waiter:
     seq: int
 
 
+#: ``gate(name, interval)``: returns when the fleet lets this host start a download (the
+#: window is per user, not per host: fusefs.fleet.CacheTier.window); None: one host.
+WindowGate = Callable[[str, float], Awaitable[None]]
+
+
 class DownloadTurns:
-    def __init__(self, interval: float, *, name: str = "") -> None:
+    def __init__(
+        self,
+        interval: float,
+        *,
+        name: str = "",
+        gate: WindowGate | None = None,
+        gate_name: str = "",
+    ) -> None:
         self.interval = interval
         self.name = name  # the provider: labels the time waited for turns (rate-limit waits)
+        self.gate = gate  # the fleet's window, waited for while holding the local turn
+        self.gate_name = gate_name or name
         self.last_start: float | None = None  # trio time the last turn was given
         self.starts = 0  # turns given so far
         self.holder: str | None = None  # the key holding the turn now
@@ -121,9 +135,13 @@ class DownloadTurns:
             self._notify()
             metrics.rate_limit_wait(self.name, trio.current_time() - since)
         self.holder = key
-        self.last_start = trio.current_time()
-        self.starts += 1
         try:
+            if self.gate is not None:
+                since = trio.current_time()
+                await self.gate(self.gate_name, self.interval)
+                metrics.rate_limit_wait(self.name, trio.current_time() - since)
+            self.last_start = trio.current_time()
+            self.starts += 1
             yield
         finally:
             self.holder = None

@@ -131,7 +131,10 @@ def mounted(
     cache_opts: dict[str, Any] | None = None,
     iotda_opts: dict[str, Any] | None = None,
     name: str = "mnt",
+    extra_toml: str = "",
 ) -> Iterator[Mount]:
+    """A daemon mounting the world at ``workdir/name``; ``extra_toml`` is appended to its
+    config (sections demo_config does not write, e.g. ``[fleet]``)."""
     mnt = workdir / name
     mnt.mkdir(parents=True, exist_ok=True)
     config = workdir / f"{name}.toml"
@@ -152,6 +155,9 @@ def mounted(
             },
         ),
     }
+    if extra_toml:
+        with config.open("a") as f:
+            f.write("\n" + extra_toml + "\n")
     log = workdir / f"{name}.log"
     proc = spawn_daemon(config, mnt, env, log)
     try:
