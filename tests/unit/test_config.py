@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fusefs.config import ConfigError, Secret
-from fusefs.providers.registry import load_config
+from fusefs.providers.registry import load_config, parse_config
 
 ENV = {"KEY": "appkey-1", "SECRET": "s3cr3t-value", "TOK": "Bearer tok-xyz", "PW": "iam-pw-123"}
 
@@ -336,3 +336,29 @@ def test_overrides_go_through_the_same_checks(tmp_path: Path) -> None:
     assert cfg.cache.max_size == 20 << 30 and cfg.mount.dir_ttl == 5.0
     with pytest.raises(ConfigError, match=r"\[cache\] max_size: cannot read size '20 gigs'"):
         load_config(path, ENV, overrides=mountopts.parse(["cache_max_size=20 gigs"]))
+
+
+def test_fleet_section(tmp_path: Path) -> None:
+    base = {
+        "koodrive": {"url": "https://k", "auth": "token", "token_env": "T", "containers": ["c"]}
+    }
+    env = {"T": "t", "RP": "redis-secret"}
+    cfg = parse_config(
+        {**base, "fleet": {"url": "redis://10.0.0.5:6379/2", "password_env": "RP"}},
+        env,
+        base=tmp_path,
+    )
+    assert cfg.fleet is not None and cfg.fleet.url == "redis://10.0.0.5:6379/2"
+    assert cfg.fleet.password is not None and cfg.fleet.password.reveal() == "redis-secret"
+    assert "redis-secret" not in repr(cfg.fleet)
+    assert parse_config(base, env, base=tmp_path).fleet is None  # absent: one host
+    for bad, words in (
+        ({"url": "http://r:6379"}, "redis://"),
+        ({"url": "redis://u:pw@r:6379"}, "must not carry credentials"),
+        ({"url": "redis://r", "password": "x"}, "secrets are not written"),
+        ({"url": "redis://r", "key_prefix": "a b"}, "key_prefix"),
+        ({"url": "redis://r", "lease_sconds": 3}, "lease_sconds"),
+        ({}, "url"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            parse_config({**base, "fleet": bad}, env, base=tmp_path)
