@@ -123,6 +123,8 @@ class Run:
         self.started = time.time()
         self.timings: dict[str, float] = {}
         self.profiles: list[str] = []
+        self.fleet: list[Any] = []  # fleet.FleetResult, without and with the tier
+        self.fleet_error: str | None = None
         self.ds: dataset.Dataset
 
     def reps(self, profile: str) -> int:
@@ -671,6 +673,23 @@ def write_report(run: Run, info: dict[str, Any], systems: list[str]) -> Path:
             "limits": cells_to_json({"limits": lims})["limits"] if lims else {},
             "ratios": ratios(results, lims, ms),
         }
+    if run.fleet or run.fleet_error:
+        md += [
+            f"### fleet: the same {big} cold on 3 mounts at once (LAN, separate caches)",
+            "",
+            "| | cloud bytes sent, MiB ↓ | × the file | wall time until all 3 had it, s ↓ |",
+            "|---|---|---|---|",
+        ]
+        for r in run.fleet:
+            label = "with the Redis tier" if r.with_tier else "without (3 single hosts)"
+            md.append(
+                f"| {label} | {r.cloud_bytes / (1 << 20):,.0f} | {r.cloud_bytes / r.file_bytes:.2f}"
+                f" | {r.wall_s:.2f} |"
+            )
+        if run.fleet_error:
+            md.append(f"| failed | {run.fleet_error.splitlines()[0]} | | |")
+        md.append("")
+        doc["fleet"] = [asdict(r) for r in run.fleet] or {"error": run.fleet_error}
     md.append("Limits of this run:")
     md.append("")
     md.append("| limit | " + " | ".join(f"`{p}`" for p in run.profiles) + " |")
@@ -736,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--wan-reps", type=int, default=0, help="runs per measure in wan (default 1)")
     ap.add_argument("--no-rss", action="store_true", help="skip the large-object RSS stream")
+    ap.add_argument("--no-fleet", action="store_true", help="skip the fleet row (3 mounts, Redis)")
     ap.add_argument("--workdir", default=str(ROOT / ".fusefs-bench"))
     args = ap.parse_args(argv)
     preflight()
@@ -801,6 +821,17 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 prof.stop()
                 run.timings[f"{name}/total"] = round(time.perf_counter() - t_prof, 1)
+        if not args.no_fleet:
+            from . import fleet
+
+            t0 = time.perf_counter()
+            try:
+                run.fleet, cmds = fleet.measure(run.work, run.ds)
+                run.commands["fleet"] = " ; ".join(cmds)
+            except BenchError as exc:
+                run.fleet_error = str(exc)
+                loud(f"fleet row failed: {exc}")
+            run.timings["fleet"] = round(time.perf_counter() - t0, 1)
     except KeyboardInterrupt:
         run.interrupted = True
         loud("interrupted: unmounting, stopping the servers, writing what was measured")
