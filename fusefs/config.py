@@ -112,6 +112,7 @@ class FleetSettings:
     lease_seconds: float = 30.0  # a download lease lives this long unless refreshed
     lease_wait: float = 30.0  # how long a host waits for another host's download
     block_ttl: float = 7 * 86400.0  # shared blocks expire (and may be evicted) after this
+    share_tokens: bool = False  # hosts share provider tokens through the tier (opt-in)
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,6 +502,7 @@ def _metrics(s: Section) -> MetricsConfig:
 
 def _fleet(s: Section) -> FleetSettings:
     keys = {"url", "key_prefix", "tls_ca_file", "lease_seconds", "lease_wait", "block_ttl"}
+    keys.add("share_tokens")
     known(s, keys | {f"{k}{x}" for k in ("username", "password") for x in ("", "_env", "_file")})
     url = s.str_("url", required=True)
     assert url is not None
@@ -533,6 +535,7 @@ def _fleet(s: Section) -> FleetSettings:
         lease_seconds=s.float_("lease_seconds", 30.0),
         lease_wait=s.float_("lease_wait", 30.0, positive=False),
         block_ttl=s.float_("block_ttl", 7 * 86400.0),
+        share_tokens=s.bool_("share_tokens", False),
     )
 
 

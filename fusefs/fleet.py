@@ -1089,3 +1089,16 @@ class CacheTier:
         waited = await self.tier.acquire_window(name, interval + 0.5)
         if waited is not None and waited > 0.05:
             log.debug("fleet window %s: waited %.1fs for this host's turn", name, waited)
+
+
+class FleetTokens:
+    """``providers._auth.TokenShare`` over a :class:`FleetTier` (``[fleet] share_tokens``)."""
+
+    def __init__(self, tier: FleetTier) -> None:
+        self.tier = tier
+
+    async def get(self, name: str) -> str | None:
+        return await self.tier.shared_token(name)
+
+    async def put(self, name: str, value: str, ttl: float) -> None:
+        await self.tier.publish_token(name, value, ttl)

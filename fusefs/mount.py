@@ -555,6 +555,7 @@ async def _start_fleet(cfg: MountConfig, stack: contextlib.AsyncExitStack) -> Ca
                 lease_seconds=f.lease_seconds,
                 lease_wait=f.lease_wait,
                 block_ttl=f.block_ttl,
+                share_tokens=f.share_tokens,
             ),
             block_size=cfg.cache.block_size,
         )
@@ -651,9 +652,19 @@ async def _run_mount(
         )
         stack.callback(bulk.close)
         fleet = await _start_fleet(cfg, stack)
+        if fleet is not None:
+            from fusefs.fleet import FleetTokens
         providers: list[Provider] = list(
             build_providers(
-                cfg, client, bulk=bulk, window_gate=fleet.window if fleet is not None else None
+                cfg,
+                client,
+                bulk=bulk,
+                window_gate=fleet.window if fleet is not None else None,
+                token_share=(
+                    FleetTokens(fleet.tier)
+                    if fleet is not None and fleet.tier.config.share_tokens
+                    else None
+                ),
             )
         )
         for p in providers:

@@ -12,6 +12,7 @@ thread path ``_http.download_range``) use :meth:`TokenAuth.target`: the same sou
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Protocol
@@ -139,3 +140,52 @@ class TokenAuth(httpx.Auth):
             return Target(url, dict(self._authorize(token, request)), params)
 
         return get_target
+
+
+class TokenShare(Protocol):
+    """Where a fleet keeps the tokens its hosts share (opt-in: ``[fleet] share_tokens``)."""
+
+    async def get(self, name: str) -> str | None: ...
+
+    async def put(self, name: str, value: str, ttl: float) -> None: ...
+
+
+class SharedSlot:
+    """One credential's token as the fleet shares it: read before asking the token service,
+    written after getting one, so a fleet does not ask once per host. ``name`` identifies the
+    credential (endpoint, user), never contains a secret."""
+
+    RECHECK = 300.0  # a shared token is looked up again this often (another host renews it)
+
+    def __init__(self, share: TokenShare, name: str, clock: Callable[[], float]) -> None:
+        self.share = share
+        self.name = name
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"SharedSlot({self.name!r})"
+
+    async def take(
+        self, rejected: str | None, margin: float
+    ) -> tuple[str, float, dict[str, str]] | None:
+        """(token, expires at, extra fields) another host shared, if it is not ``rejected``
+        and lives longer than ``margin``."""
+        raw = await self.share.get(self.name)
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+            token, expires = str(doc["token"]), float(doc["expires_at"])
+            extra = {str(k): str(v) for k, v in dict(doc.get("extra", {})).items()}
+        except (ValueError, KeyError, TypeError):
+            log.warning("fleet: the shared token %s is not readable; getting a new one", self.name)
+            return None
+        if token == rejected or expires - self.clock() < margin:
+            return None
+        return token, expires, extra
+
+    async def give(self, token: str, expires_at: float, margin: float, **extra: str) -> None:
+        ttl = expires_at - self.clock() - margin
+        if ttl > 0:
+            doc = {"token": token, "expires_at": expires_at, "extra": extra}
+            await self.share.put(self.name, json.dumps(doc), ttl)

@@ -20,7 +20,7 @@ import trio
 
 from fusefs.config import Secret, Section, SectionSpec, known
 from fusefs.providers import _fields as fields
-from fusefs.providers._auth import TokenAuth
+from fusefs.providers._auth import SharedSlot, TokenAuth, TokenShare
 from fusefs.providers._http import (
     DEFAULT_RETRY,
     RetryPolicy,
@@ -92,6 +92,7 @@ def iam_source(ctx: BuildContext) -> IamTokenSource:
             project=iam.project,
             clock=ctx.clock,
             retry_policy=ctx.retry,
+            share=ctx.token_share,
         )
 
     return ctx.shared("iam", make)
@@ -160,9 +161,14 @@ class IamTokenSource:
         project: str,
         clock: Callable[[], float] = time.time,
         retry_policy: RetryPolicy = DEFAULT_RETRY,
+        share: TokenShare | None = None,
     ) -> None:
         self._client = client
         self._url = url.rstrip("/") + "/v3/auth/tokens"
+        # the fleet's copy of this user's token (opt-in), named without the password
+        name = f"iam:{url}:{domain}:{user}:{project}"
+        self._slot = SharedSlot(share, name, clock) if share is not None else None
+        self._rejected: str | None = None
         self._user = user
         self._password = password
         self._domain = domain
@@ -187,7 +193,23 @@ class IamTokenSource:
             tok = self._token
             if tok is not None and self._clock() < self._refresh_at:
                 return tok
-            return await retry("iam.token", self._fetch, policy=self._retry)
+            if self._slot is not None:
+                got = await self._slot.take(self._rejected, REFRESH_MARGIN)
+                if got is not None:
+                    tok, self.expires_at, extra = got
+                    self._token = tok
+                    self._project_id = extra.get("project_id") or self._project_id
+                    now = self._clock()
+                    self._refresh_at = min(
+                        self.expires_at - REFRESH_MARGIN, now + SharedSlot.RECHECK
+                    )
+                    return tok
+            tok = await retry("iam.token", self._fetch, policy=self._retry)
+            if self._slot is not None and self.expires_at is not None:
+                await self._slot.give(
+                    tok, self.expires_at, REFRESH_MARGIN, project_id=self._project_id or ""
+                )
+            return tok
 
     async def project_id(self) -> str:
         """The id of the scoped project, as IAM reported it with the token."""
@@ -200,6 +222,7 @@ class IamTokenSource:
     async def invalidate(self, bad: str) -> bool:
         """The server rejected ``bad``: the next ``token()`` gets a new one (once for many)."""
         async with self._lock:
+            self._rejected = bad  # not to be taken again from the fleet's copy
             if self._token == bad:
                 self._token = None
         return True

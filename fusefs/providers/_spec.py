@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import httpx
 
 from fusefs.config import MountConfig, SectionSpec
+from fusefs.providers._auth import TokenShare
 from fusefs.providers._bulk import BulkClient
 from fusefs.providers._http import DEFAULT_RETRY, RetryPolicy, meter
 from fusefs.providers.base import Provider
@@ -33,9 +34,11 @@ class BuildContext:
         retry_policy: RetryPolicy = DEFAULT_RETRY,
         bulk: BulkClient | None = None,
         window_gate: WindowGate | None = None,
+        token_share: TokenShare | None = None,
     ) -> None:
         self.cfg = cfg
         self.window_gate = window_gate  # the fleet's per-user download windows (IoTDA)
+        self.token_share = token_share  # the fleet's copies of tokens ([fleet] share_tokens)
         meter(client)
         self.client = client
         self.bulk = bulk or BulkClient()

@@ -31,7 +31,7 @@ import trio
 from fusefs.config import Secret, Section, SectionSpec, known
 from fusefs.logs import excerpt
 from fusefs.providers import _fields as fields
-from fusefs.providers._auth import TokenAuth
+from fusefs.providers._auth import SharedSlot, TokenAuth, TokenShare
 from fusefs.providers._bulk import BulkClient
 from fusefs.providers._fields import ListingBudget, SkipLog, describe_item
 from fusefs.providers._http import (
@@ -143,9 +143,14 @@ class EnosAuth:
         *,
         clock: Callable[[], float] = time.time,
         retry_policy: RetryPolicy = DEFAULT_RETRY,
+        share: TokenShare | None = None,
     ) -> None:
         self._client = client
         self._url = apigw_url.rstrip("/") + TOKEN_PATH
+        # the fleet's copy of this app's token (opt-in), named without the secret
+        slot_name = f"enos:{apigw_url}:{app_key}"
+        self._slot = SharedSlot(share, slot_name, clock) if share is not None else None
+        self._rejected: str | None = None
         self._app_key = app_key
         self._secret = app_secret
         self._clock = clock
@@ -181,13 +186,26 @@ class EnosAuth:
                     )
                 except (AuthError, ProtocolError) as exc:
                     log.warning("enos.token.refresh failed (%s); getting a new token", exc)
-            return await retry(
+            if self._slot is not None:
+                got = await self._slot.take(self._rejected, REFRESH_MARGIN)
+                if got is not None:
+                    tok, self._expire_at, _ = got
+                    self._token = tok
+                    self._refresh_at = min(
+                        self._expire_at - REFRESH_MARGIN, now + SharedSlot.RECHECK
+                    )
+                    return tok
+            tok = await retry(
                 "enos.token.get", lambda: self._fetch("get", None), policy=self._retry
             )
+            if self._slot is not None:
+                await self._slot.give(tok, self._expire_at, REFRESH_MARGIN)
+            return tok
 
     async def invalidate(self, bad: str) -> bool:
         """The gateway rejected ``bad``: the next ``token()`` does a fresh get (once for many)."""
         async with self._lock:
+            self._rejected = bad  # not to be taken again from the fleet's copy
             if self._token == bad:
                 self._token = None
         return True
@@ -288,6 +306,7 @@ class EnosProvider:
         file_info_concurrency: int = 8,
         page_size: int = 100,
         bulk: BulkClient | None = None,
+        token_share: TokenShare | None = None,
     ) -> None:
         self._client = client
         self._bulk = bulk or BulkClient()
@@ -300,7 +319,13 @@ class EnosProvider:
         self._fi_limit = file_info_concurrency
         self._page_size = page_size
         self.auth = EnosAuth(
-            client, apigw_url, app_key, app_secret, clock=clock, retry_policy=retry_policy
+            client,
+            apigw_url,
+            app_key,
+            app_secret,
+            clock=clock,
+            retry_policy=retry_policy,
+            share=token_share,
         )
         # every call: the access token, signed; a fresh one after a rejection (a 401, or a 200
         # envelope whose code says the token expired)
@@ -898,6 +923,7 @@ def build(ctx: BuildContext, c: EnosConfig) -> EnosProvider:
         orgs=c.orgs,
         clock=ctx.clock,
         retry_policy=ctx.retry,
+        token_share=ctx.token_share,
     )
 
 

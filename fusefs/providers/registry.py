@@ -18,6 +18,7 @@ import httpx
 
 from fusefs.config import MountConfig, parse_sections, read_toml
 from fusefs.providers import enos, iotda, koodrive, roma
+from fusefs.providers._auth import TokenShare
 from fusefs.providers._bulk import BulkClient
 from fusefs.providers._http import DEFAULT_RETRY, RetryPolicy
 from fusefs.providers._spec import BuildContext, ProviderSpec
@@ -65,10 +66,11 @@ def build_providers(
     retry_policy: RetryPolicy = DEFAULT_RETRY,
     bulk: BulkClient | None = None,
     window_gate: WindowGate | None = None,
+    token_share: TokenShare | None = None,
 ) -> list[Provider]:
     """One provider per configured section (absent section = not mounted), sharing ``client``
     (API calls) and ``bulk`` (object bodies); ``window_gate``: the fleet's download windows."""
-    ctx = BuildContext(cfg, client, clock, retry_policy, bulk, window_gate)
+    ctx = BuildContext(cfg, client, clock, retry_policy, bulk, window_gate, token_share)
     out = []
     for name, spec in REGISTRY.items():
         section = cfg.sections.get(name)

@@ -44,7 +44,8 @@ def sent(emulator: Emulator) -> dict[str, int]:
 
 
 def fleet_toml(redis: RedisServer, **extra: object) -> str:
-    lines = ["[fleet]", f'url = "{redis.url}"', 'key_prefix = "t"']
+    extra = {"key_prefix": "t", **extra}
+    lines = ["[fleet]", f'url = "{redis.url}"']
     lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
     return "\n".join(lines)
 
@@ -203,3 +204,38 @@ def test_redis_going_away_and_coming_back(
         emulator.reset_stats()
         assert md5(b.path / f["path"]) == f["md5"]
         assert sent(emulator) == {}, sent(emulator)
+
+
+def test_hosts_share_their_tokens_when_asked(
+    world_tiny: Path, emulator: Emulator, workdir: Path, redis_server: RedisServer
+) -> None:
+    """With ``share_tokens`` the second host takes the first one's EnOS and IAM tokens from the
+    tier: the token services see one request each for the whole fleet."""
+
+    def tokens() -> dict[str, int]:
+        stats = emulator.stats()
+        return {k: stats.get(k, 0) for k in ("enos.token.get", "iam.token")}
+
+    for share, want in ((False, 2), (True, 1)):
+        emulator.reset_stats()
+        extra = fleet_toml(redis_server, key_prefix=f"tok{int(share)}", share_tokens=share)
+        with contextlib.ExitStack() as stack:
+            for i in range(2):
+                m = stack.enter_context(
+                    mounted(
+                        world_tiny,
+                        emulator.url,
+                        workdir / f"share{int(share)}",
+                        cache_dir=workdir / f"share{int(share)}" / f"cache{i}",
+                        name=f"host{i}",
+                        extra_toml=extra,
+                    )
+                )
+                assert os.listdir(m.path / "enos") and os.listdir(m.path / "iotda" / "exports")
+            assert tokens() == {"enos.token.get": want, "iam.token": want}, tokens()
+        r = redis_server.client()
+        try:  # what the tier holds names the credential, never the secrets
+            for k in r.scan_iter(match="tok1:*"):
+                assert b"secret" not in k.lower() and b"password" not in k.lower()
+        finally:
+            r.close()

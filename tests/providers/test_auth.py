@@ -184,3 +184,34 @@ async def test_iotda_describe_tells_the_queue(make_env: EnvFactory) -> None:
     assert iotda.describe(ref) == {}
     iotda.turns.holder = "t/x"
     assert iotda.describe(ref) == {"iotda_download": "in progress"}
+
+
+class _DictShare:
+    def __init__(self) -> None:
+        self.values: dict[str, tuple[str, float]] = {}
+
+    async def get(self, name: str) -> str | None:
+        got = self.values.get(name)
+        return got[0] if got else None
+
+    async def put(self, name: str, value: str, ttl: float) -> None:
+        self.values[name] = (value, ttl)
+
+
+async def test_a_shared_token_is_taken_unless_rejected_or_about_to_expire() -> None:
+    from fusefs.providers._auth import SharedSlot
+
+    now = [1000.0]
+    share = _DictShare()
+    slot = SharedSlot(share, "iam:https://iam:dom:user:proj", lambda: now[0])
+    assert await slot.take(None, 600) is None  # nothing shared yet
+    await slot.give("tok-1", 1000.0 + 3600, 600, project_id="p1")
+    assert share.values[slot.name][1] == 3000.0  # shared for its life less the margin
+    assert await slot.take(None, 600) == ("tok-1", 4600.0, {"project_id": "p1"})
+    assert await slot.take("tok-1", 600) is None  # this host saw it rejected: not again
+    now[0] = 4100.0  # 500 s left: less than the margin
+    assert await slot.take(None, 600) is None
+    await slot.give("tok-2", 4100.0 + 100, 600)  # too short to share
+    assert "tok-2" not in share.values[slot.name][0]
+    share.values[slot.name] = ("{not json", 1.0)
+    assert await slot.take(None, 600) is None  # unreadable: a fresh one is fetched
