@@ -937,6 +937,7 @@ class CacheTier:
         self._leases: dict[BlockId, Lease] = {}
         self._whole_leases: dict[WholeId, Lease] = {}
         self._claimed: set[WholeId] = set()  # one-shot claims this host won
+        self._ready: dict[BlockId, bytes] = {}  # found by ``lease``, taken by ``wait``
         self._one_shot: dict[WholeId, bool] = {}
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
@@ -973,18 +974,29 @@ class CacheTier:
         return self._nursery is not None and self.tier.worth_trying()
 
     async def get(self, block: BlockId, length: int) -> bytes | None:
-        data = await self.tier.get_block(block.provider, block.key, block.version, block.index)
+        data = self._ready.pop(block, None)
+        if data is None:
+            b = block
+            data = await self.tier.get_block(b.provider, b.key, b.version, b.index)
         return data if data is not None and len(data) == length else None
 
     async def lease(self, block: BlockId) -> bool:
-        got = await self.tier.lease_block(block.provider, block.key, block.version, block.index)
-        if got is None:
+        # one atomic step: the block if it was published meanwhile, else the lease if free
+        b = block
+        got = await self.tier.fetch_block(b.provider, b.key, b.version, b.index, wait=0)
+        if got.data is not None:
+            self._ready[block] = got.data  # ``wait`` answers it at once
+            return False
+        if got.lease is None:
             return not self.tier.available  # held elsewhere; or the tier is down: fetch here
         with self._lock:
-            self._leases[block] = got
+            self._leases[block] = got.lease
         return True
 
     async def wait(self, block: BlockId, length: int) -> bytes | None:
+        ready = self._ready.pop(block, None)
+        if ready is not None:
+            return ready if len(ready) == length else None
         got = await self.tier.fetch_block(block.provider, block.key, block.version, block.index)
         if got.lease is not None:  # the other host gave up: this one downloads and publishes
             with self._lock:

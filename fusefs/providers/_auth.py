@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Protocol
 
 import httpx
+import trio
 
 from fusefs.providers._http import GetTarget, Target, call_of, record_retry
 
@@ -189,3 +190,67 @@ class SharedSlot:
         if ttl > 0:
             doc = {"token": token, "expires_at": expires_at, "extra": extra}
             await self.share.put(self.name, json.dumps(doc), ttl)
+
+
+class CachedToken:
+    """A token source holding one token: renewed ``margin`` seconds before it expires (or at
+    half its life), one renewal at a time, and, when the fleet shares tokens, taken from and
+    given to its :class:`SharedSlot`. Subclasses say how a token is got (``_renew``, which
+    ends with ``_keep``) and what travels with it (``_extra``/``_shared``)."""
+
+    margin = 600.0
+
+    def __init__(self, clock: Callable[[], float], slot: SharedSlot | None) -> None:
+        self._clock = clock
+        self._slot = slot
+        self._lock = trio.Lock()
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self.expires_at: float | None = None  # of the token held (the clock's time: wall)
+        self._rejected: str | None = None  # never taken again from the fleet's copy
+
+    def _keep(self, token: str, life: float) -> None:
+        now = self._clock()
+        self._token = token
+        self.expires_at = now + life
+        self._refresh_at = now + max(life - self.margin, life / 2)
+
+    async def _renew(self, held: str | None) -> str:
+        """A new token from the service (``held``: the one held now, maybe still valid)."""
+        raise NotImplementedError
+
+    def _extra(self) -> dict[str, str]:
+        return {}
+
+    def _shared(self, extra: dict[str, str]) -> None:
+        """A token was taken from the fleet with these fields."""
+
+    async def token(self) -> str:
+        tok = self._token
+        if tok is not None and self._clock() < self._refresh_at:
+            return tok
+        async with self._lock:
+            tok = self._token
+            if tok is not None and self._clock() < self._refresh_at:
+                return tok
+            if self._slot is not None:
+                got = await self._slot.take(self._rejected, self.margin)
+                if got is not None:
+                    tok, self.expires_at, extra = got
+                    self._token = tok
+                    self._shared(extra)
+                    recheck = self._clock() + SharedSlot.RECHECK
+                    self._refresh_at = min(self.expires_at - self.margin, recheck)
+                    return tok
+            tok = await self._renew(tok)
+            if self._slot is not None and self.expires_at is not None:
+                await self._slot.give(tok, self.expires_at, self.margin, **self._extra())
+            return tok
+
+    async def invalidate(self, bad: str) -> bool:
+        """The server rejected ``bad``: the next ``token()`` gets a new one (once for many)."""
+        async with self._lock:
+            self._rejected = bad
+            if self._token == bad:
+                self._token = None
+        return True

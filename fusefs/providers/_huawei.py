@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import trio
 
 from fusefs.config import Secret, Section, SectionSpec, known
 from fusefs.providers import _fields as fields
-from fusefs.providers._auth import SharedSlot, TokenAuth, TokenShare
+from fusefs.providers._auth import CachedToken, SharedSlot, TokenAuth, TokenShare
 from fusefs.providers._http import (
     DEFAULT_RETRY,
     RetryPolicy,
@@ -147,8 +146,10 @@ def rejected_twice(call: str) -> AuthError:
 # ---- IAM tokens --------------------------------------------------------------------------------
 
 
-class IamTokenSource:
+class IamTokenSource(CachedToken):
     """Caches one project-scoped IAM token; ``token()`` is single-flight."""
+
+    margin = REFRESH_MARGIN
 
     def __init__(
         self,
@@ -163,53 +164,30 @@ class IamTokenSource:
         retry_policy: RetryPolicy = DEFAULT_RETRY,
         share: TokenShare | None = None,
     ) -> None:
-        self._client = client
-        self._url = url.rstrip("/") + "/v3/auth/tokens"
         # the fleet's copy of this user's token (opt-in), named without the password
         name = f"iam:{url}:{domain}:{user}:{project}"
-        self._slot = SharedSlot(share, name, clock) if share is not None else None
-        self._rejected: str | None = None
+        super().__init__(clock, SharedSlot(share, name, clock) if share is not None else None)
+        self._client = client
+        self._url = url.rstrip("/") + "/v3/auth/tokens"
         self._user = user
         self._password = password
         self._domain = domain
         self._project = project
-        self._clock = clock
         self._retry = retry_policy
-        self._lock = trio.Lock()
-        self._token: str | None = None
-        self._refresh_at = 0.0
-        self.expires_at: float | None = None  # of the token held (the clock's time: wall)
         self._project_id: str | None = None
         self.token_requests = 0  # how many times IAM was asked (tests, stats)
 
     def __repr__(self) -> str:
         return f"IamTokenSource(user={self._user!r}, project={self._project!r})"
 
-    async def token(self) -> str:
-        tok = self._token
-        if tok is not None and self._clock() < self._refresh_at:
-            return tok
-        async with self._lock:
-            tok = self._token
-            if tok is not None and self._clock() < self._refresh_at:
-                return tok
-            if self._slot is not None:
-                got = await self._slot.take(self._rejected, REFRESH_MARGIN)
-                if got is not None:
-                    tok, self.expires_at, extra = got
-                    self._token = tok
-                    self._project_id = extra.get("project_id") or self._project_id
-                    now = self._clock()
-                    self._refresh_at = min(
-                        self.expires_at - REFRESH_MARGIN, now + SharedSlot.RECHECK
-                    )
-                    return tok
-            tok = await retry("iam.token", self._fetch, policy=self._retry)
-            if self._slot is not None and self.expires_at is not None:
-                await self._slot.give(
-                    tok, self.expires_at, REFRESH_MARGIN, project_id=self._project_id or ""
-                )
-            return tok
+    async def _renew(self, held: str | None) -> str:
+        return await retry("iam.token", self._fetch, policy=self._retry)
+
+    def _extra(self) -> dict[str, str]:
+        return {"project_id": self._project_id or ""}
+
+    def _shared(self, extra: dict[str, str]) -> None:
+        self._project_id = extra.get("project_id") or self._project_id
 
     async def project_id(self) -> str:
         """The id of the scoped project, as IAM reported it with the token."""
@@ -218,14 +196,6 @@ class IamTokenSource:
         if self._project_id is None:
             raise ProtocolError("IAM token response has no token.project.id", call="iam.token")
         return self._project_id
-
-    async def invalidate(self, bad: str) -> bool:
-        """The server rejected ``bad``: the next ``token()`` gets a new one (once for many)."""
-        async with self._lock:
-            self._rejected = bad  # not to be taken again from the fleet's copy
-            if self._token == bad:
-                self._token = None
-        return True
 
     async def _fetch(self) -> str:
         call = "iam.token"
@@ -276,9 +246,7 @@ class IamTokenSource:
         if life <= 0:
             log.warning("%s: token expires_at lies in the past (clock skew?); using 10 min", call)
             life = 600.0
-        self._refresh_at = now + max(life - REFRESH_MARGIN, life / 2)
-        self.expires_at = now + life
+        self._keep(str(token), life)
         record_token(call)
-        self._token = token
         log.debug("%s: new token, refresh in %.0fs", call, self._refresh_at - now)
         return str(token)

@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import trio
 
 from fusefs.config import Secret, Section, SectionSpec, known
 from fusefs.logs import excerpt
 from fusefs.providers import _fields as fields
-from fusefs.providers._auth import SharedSlot, TokenAuth, TokenShare
+from fusefs.providers._auth import CachedToken, SharedSlot, TokenAuth, TokenShare
 from fusefs.providers._bulk import BulkClient
 from fusefs.providers._fields import ListingBudget, SkipLog, describe_item
 from fusefs.providers._http import (
@@ -131,8 +130,10 @@ def token_rejected(resp: httpx.Response) -> bool:
     return isinstance(env, dict) and env.get("code") in TOKEN_EXPIRED_CODES
 
 
-class EnosAuth:
+class EnosAuth(CachedToken):
     """The ``apim-accesstoken``: fetched, cached, refreshed 10 min early; one refresh at a time."""
+
+    margin = REFRESH_MARGIN
 
     def __init__(
         self,
@@ -145,70 +146,30 @@ class EnosAuth:
         retry_policy: RetryPolicy = DEFAULT_RETRY,
         share: TokenShare | None = None,
     ) -> None:
+        # the fleet's copy of this app's token (opt-in), named without the secret
+        name = f"enos:{apigw_url}:{app_key}"
+        super().__init__(clock, SharedSlot(share, name, clock) if share is not None else None)
         self._client = client
         self._url = apigw_url.rstrip("/") + TOKEN_PATH
-        # the fleet's copy of this app's token (opt-in), named without the secret
-        slot_name = f"enos:{apigw_url}:{app_key}"
-        self._slot = SharedSlot(share, slot_name, clock) if share is not None else None
-        self._rejected: str | None = None
         self._app_key = app_key
         self._secret = app_secret
-        self._clock = clock
         self._retry = retry_policy
-        self._lock = trio.Lock()
-        self._token: str | None = None
-        self._refresh_at = 0.0
-        self._expire_at = 0.0
         self._last_ts = 0
         self.token_requests = 0
 
     def __repr__(self) -> str:
         return f"EnosAuth(app_key={self._app_key!r})"
 
-    def expires_at(self) -> float | None:
-        return self._expire_at if self._token is not None else None
-
-    async def token(self) -> str:
-        tok = self._token
-        if tok is not None and self._clock() < self._refresh_at:
-            return tok
-        async with self._lock:
-            tok = self._token
-            now = self._clock()
-            if tok is not None and now < self._refresh_at:
-                return tok
-            if tok is not None and now < self._expire_at - 5:
-                try:
-                    return await retry(
-                        "enos.token.refresh",
-                        lambda: self._fetch("refresh", tok),
-                        policy=self._retry,
-                    )
-                except (AuthError, ProtocolError) as exc:
-                    log.warning("enos.token.refresh failed (%s); getting a new token", exc)
-            if self._slot is not None:
-                got = await self._slot.take(self._rejected, REFRESH_MARGIN)
-                if got is not None:
-                    tok, self._expire_at, _ = got
-                    self._token = tok
-                    self._refresh_at = min(
-                        self._expire_at - REFRESH_MARGIN, now + SharedSlot.RECHECK
-                    )
-                    return tok
-            tok = await retry(
-                "enos.token.get", lambda: self._fetch("get", None), policy=self._retry
-            )
-            if self._slot is not None:
-                await self._slot.give(tok, self._expire_at, REFRESH_MARGIN)
-            return tok
-
-    async def invalidate(self, bad: str) -> bool:
-        """The gateway rejected ``bad``: the next ``token()`` does a fresh get (once for many)."""
-        async with self._lock:
-            self._rejected = bad  # not to be taken again from the fleet's copy
-            if self._token == bad:
-                self._token = None
-        return True
+    async def _renew(self, held: str | None) -> str:
+        """Refresh the token held while it is valid (EnOS's refresh call), else get a new one."""
+        if held is not None and self.expires_at is not None and self._clock() < self.expires_at - 5:
+            try:
+                return await retry(
+                    "enos.token.refresh", lambda: self._fetch("refresh", held), policy=self._retry
+                )
+            except (AuthError, ProtocolError) as exc:
+                log.warning("enos.token.refresh failed (%s); getting a new token", exc)
+        return await retry("enos.token.get", lambda: self._fetch("get", None), policy=self._retry)
 
     def headers(self, token: str, request: httpx.Request) -> dict[str, str]:
         """The ``apim-*`` headers of ``request`` (its query and body are signed)."""
@@ -261,12 +222,9 @@ class EnosAuth:
             expire = float(data.get("expire", 7200))
         except (TypeError, ValueError):
             expire = 7200.0
-        now = self._clock()
         record_token(call)
-        self._token = token
-        self._expire_at = now + expire
-        self._refresh_at = now + max(expire - REFRESH_MARGIN, expire / 2)
-        log.debug("%s: token valid %.0fs, refresh in %.0fs", call, expire, self._refresh_at - now)
+        self._keep(token, expire)
+        log.debug("%s: token valid %.0fs", call, expire)
         return token
 
 
@@ -338,7 +296,7 @@ class EnosProvider:
 
     def token_expiry(self) -> float | None:
         """When the access token held now expires (wall clock; ``fusefs status``)."""
-        return self.auth.expires_at()
+        return self.auth.expires_at if self.auth._token is not None else None
 
     def describe(self, ref: ObjectRef) -> dict[str, str]:
         """Nothing live per object: every download is signed on the spot, by file URI or

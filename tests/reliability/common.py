@@ -159,6 +159,28 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def fd_kinds(pid: int, cache_dir: Path | None = None) -> dict[str, int]:
+    """The daemon's fds by kind: ``socket``, ``cache`` (a file under ``cache_dir``), ``file``
+    (another path), ``other`` (pipes, anon inodes)."""
+    kinds = {"socket": 0, "cache": 0, "file": 0, "other": 0}
+    cache = os.path.realpath(cache_dir) + "/" if cache_dir is not None else None
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            kind = "socket"
+        elif cache is not None and target.startswith(cache):
+            kind = "cache"
+        elif target[:1] == "/":
+            kind = "file"
+        else:
+            kind = "other"
+        kinds[kind] += 1
+    return kinds
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

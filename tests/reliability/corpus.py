@@ -49,6 +49,9 @@ UNIQUE_KEYS = {
     "koodrive.list": ["id", "fileName"],
     "iotda.list": ["export_task_id"],
 }
+# routes answered once per entry (a file's info, a job's status): a whole-answer mutation of them
+# hits every entry of the folder, and skipping each bad entry is the designed answer
+PER_ENTRY_ROUTES = frozenset({"enos.file.info", "roma.job"})
 DOWNLOAD_ROUTES = {
     "enos": ["enos.download", "enos.firmware.download"],
     "koodrive": ["koodrive.obs", "koodrive.download_links"],
@@ -121,6 +124,7 @@ class Case:
     rules: list[dict[str, Any]]
     target: str  # path (relative to the mount) of the file looked at
     download: bool = False  # the download route is mutated: the target must not be cached
+    whole: bool = False  # the whole answer is mutated, not one entry
     # what the server sends as the body instead of the real bytes (download cases): "real",
     # "body" (rule text), "pad" (real + fill) or "cut" (a prefix of real)
     served: str = "real"
@@ -263,7 +267,7 @@ def answer_cases(provider: str, route: str, answer: Any, target: str) -> list[Ca
                 {"route": route, "kind": "patch", "grow": {page: 3 * len(answer[page])}},
             )
         )
-    return [Case(provider, route, f"{route} {n}", [r], target) for n, r in raw]
+    return [Case(provider, route, f"{route} {n}", [r], target, whole=True) for n, r in raw]
 
 
 def loop_cursor(parent: str) -> str:
