@@ -53,6 +53,9 @@ class Answer:
     received: int = 0  # bytes put into the sink
     complete: bool = False  # the body ended where it should (or ``end`` was reached)
     bad_range: bool = False  # a 206 that does not start at the byte asked for: nothing received
+    # the body ended as its own framing said (Content-Length met, or the last chunk), before
+    # ``end``: the server answered less than asked on purpose; trying again gets the same
+    ended_short: bool = False
 
 
 @dataclass(slots=True)
@@ -231,7 +234,9 @@ class BulkClient:
                 return answer  # another size: the caller raises VersionMismatch
             if resp.status == 200 and pos:
                 self._skip(resp, pos, attempt)
-            answer.received, answer.complete = self._receive(resp, pos, end, sink, attempt)
+            answer.received, answer.complete, answer.ended_short = self._receive(
+                resp, pos, end, sink, attempt
+            )
             reusable = answer.complete and resp.isclosed()
             return answer
         finally:
@@ -271,7 +276,8 @@ class BulkClient:
         end: int | None,
         sink: RangeSink,
         attempt: Attempt,
-    ) -> tuple[int, bool]:
+    ) -> tuple[int, bool, bool]:
+        """(bytes received, complete, ended short: the body ended as framed before ``end``)."""
         start = pos
         while end is None or pos < end:
             if attempt.stopped.is_set():
@@ -286,15 +292,21 @@ class BulkClient:
                     raise
                 # cut mid-body (a reset): the sink keeps what it was given, the caller resumes
                 # from here (raising would lose the count of bytes the sink already has)
-                return pos - start, False
+                return pos - start, False, False
             if not n:
                 # the body ended: complete if the server said it would end here
-                return pos - start, end is None and resp.isclosed()
+                if end is None:
+                    return pos - start, resp.isclosed(), False
+                # before ``end``: as framed (all of Content-Length came, or the last chunk)
+                # means the server answered less than asked; else the connection was cut
+                # (http.client's readinto answers 0 then too, it does not raise)
+                framed = resp.length == 0 or (resp.chunked and resp.isclosed())
+                return pos - start, False, bool(framed)
             sink.received(pos, n)
             metrics.downloaded(attempt.provider, n)
             pos += n
         # reached ``end``: the connection is reusable only if the body ended here too
-        return pos - start, True
+        return pos - start, True, False
 
 
 def content_range(value: str | None) -> tuple[int, int, int | None] | None:

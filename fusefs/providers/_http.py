@@ -599,6 +599,12 @@ async def download_range(
                     raise ProtocolError(
                         f"object ends at byte {total}, before the requested end {end}", call=call
                     )
+                if answer.ended_short:  # a whole answer, but less than asked (RFC 9110 allows)
+                    if answer.received:
+                        continue  # the rest at once: a server that sends ranges in parts
+                    raise ProtocolError(  # nothing: asking again gets nothing again
+                        f"the server answered nothing of bytes {r.pos}-{end - 1}", call=call
+                    )
                 raise TransientError(f"body ended at byte {r.pos}, wanted {end}", call=call)
             resp = httpx.Response(answer.status, headers=answer.headers, content=answer.body)
             if answer.status in (200, 206):  # a JSON answer: an error envelope, or JSON bytes

@@ -371,17 +371,24 @@ class EnosProvider:
                 {"action": action, "orgId": org},
                 {**body, "pagination": {"pageNo": page, "pageSize": page_size}},
             )
-            data = env.get("data") or []
-            if not isinstance(data, list):
-                raise ProtocolError(f"data is {type(data).__name__}, not a list", call=call)
+            data = env.get("data")
+            pag = env.get("pagination") or {}
+            total = pag.get("totalSize", pag.get("totalSzie")) if isinstance(pag, dict) else None
+            if data is None and total == 0:
+                data = []  # nothing found, said plainly
+            if not isinstance(data, list):  # null or missing is not "empty": keep the last listing
+                got = "missing" if "data" not in env else type(data).__name__
+                raise ProtocolError(f"data is {got}, not a list", call=call)
+            if len(data) > page_size:  # before any work per entry: its cost is the server's call
+                raise ProtocolError(
+                    f"a page of {len(data)} entries, asked for {page_size}", call=call
+                )
             budget.page(len(data))
             for d in data:
                 if isinstance(d, dict):
                     out.append(d)
                 else:
                     skips.skip(describe_item(d), "not an object")
-            pag = env.get("pagination") or {}
-            total = pag.get("totalSize", pag.get("totalSzie")) if isinstance(pag, dict) else None
             if not data:
                 break
             if isinstance(total, int) and not isinstance(total, bool):

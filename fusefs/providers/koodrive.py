@@ -500,10 +500,9 @@ class KoodriveProvider:
                 },
             )
             files = env.get("files")
-            if files is None:
-                files = []
-            if not isinstance(files, list):
-                raise ProtocolError("files is not a list", call=call)
+            if not isinstance(files, list):  # null or missing is not "empty": keep the last listing
+                got = "missing" if "files" not in env else type(files).__name__
+                raise ProtocolError(f"the answer's files is {got}, not a list", call=call)
             budget.page(len(files))
             for f in files:
                 entry = self._entry(spec.id, f, skips)

@@ -24,11 +24,6 @@ def _folder_of(world: Path, provider: str, part: str) -> tuple[str, set[str]]:
     return folder, {p.name for p in (world / "expected" / folder).iterdir()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a KooDrive page whose `files` is null or missing lists the folder as empty, "
-    "silently (fusefs/providers/koodrive.py _list_folder: `if files is None: files = []`)",
-)
 @pytest.mark.parametrize("how", ["null", "missing"])
 def test_koodrive_page_without_files_is_not_an_empty_folder(
     world_tiny: Path, emulator: Emulator, workdir: Path, how: str
@@ -43,11 +38,6 @@ def test_koodrive_page_without_files_is_not_an_empty_folder(
         assert set(os.listdir(m.path / folder)) >= names  # the last good listing, or EIO
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: an EnOS firmware search answer with `data: null` lists the firmware folder "
-    "as empty, silently (fusefs/providers/enos.py, firmware search paging)",
-)
 def test_enos_firmware_search_data_null_is_not_an_empty_folder(
     world_tiny: Path, emulator: Emulator, workdir: Path
 ) -> None:
@@ -61,12 +51,6 @@ def test_enos_firmware_search_data_null_is_not_an_empty_folder(
         assert set(os.listdir(m.path / folder)) >= names
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a complete answer shorter than the range asked (honest Content-Length) is "
-    "retried 5 times with backoff per FUSE read, and the kernel sends the failed read twice: "
-    "read(2) takes ~2x request_timeout (fusefs/providers/_http.py resume loop)",
-)
 def test_short_body_fails_within_timeout(
     world_tiny: Path, emulator: Emulator, workdir: Path
 ) -> None:
@@ -83,13 +67,6 @@ def test_short_body_fails_within_timeout(
         assert time.monotonic() - t0 < timeout + 0.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: with a 100,000-entry EnOS asset search page the org folder's listdir "
-    "answers after ~3x request_timeout (7 s at 2 s) instead of EIO at request_timeout: the "
-    "timeout does not hold while the page is parsed/applied (fusefs/providers/enos.py asset "
-    "listing, fusefs/fuse_ops.py request deadline)",
-)
 def test_huge_enos_asset_page_within_timeout(
     world_tiny: Path, emulator: Emulator, workdir: Path
 ) -> None:

@@ -49,18 +49,9 @@ MAX_LINES_PER_CASE = 40
 MAX_LINES_PER_CUT_CASE = 600
 # cases that hit a known defect (tests/reliability/test_defects.py, xfail until fixed): their
 # problems are counted as known, not failed on; the fix removes the entry
-_KOO = "test_koodrive_page_without_files_is_not_an_empty_folder"
-_FW = "test_enos_firmware_search_data_null_is_not_an_empty_folder"
-KNOWN_DEFECTS = {
-    "koodrive.list top-level files=null": _KOO,
-    "koodrive.list top-level files missing": _KOO,
-    "enos.firmware.search top-level data=null": _FW,
-    "enos.firmware.search top-level data missing": _FW,
-}
+KNOWN_DEFECTS: dict[str, str] = {}  # none left (defects 1 and 2 fixed)
 # cases whose listing is known to take longer than request_timeout (defect 4): timed apart
-KNOWN_SLOW = {
-    "enos.asset.search 100,000-entry page": "test_huge_enos_asset_page_within_timeout",
-}
+KNOWN_SLOW: dict[str, str] = {}  # none left (defect 4 fixed)
 BASE_PLAN = {"iotda_download_window": FAST_IOTDA_WINDOW, "one_shot": False}
 
 
