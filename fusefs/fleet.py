@@ -28,7 +28,7 @@ import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -39,6 +39,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from fusefs.cache.tier import BlockId, WholeId
+from fusefs.providers.base import EntryKind, RemoteEntry
 
 log = logging.getLogger(__name__)
 
@@ -851,6 +852,31 @@ class FleetTier:
         log.warning("fleet tier: dropped a corrupt archive (%s): %s", why, mk)
         return None
 
+    async def has_whole(self, key: str) -> bool:
+        """A complete copy of ``key`` is published (its manifest exists); False if unavailable."""
+        mk = self._whole_key(key)
+        try:
+            return bool(await self._run(lambda: self._r.exists(mk)))
+        except _Unavailable:
+            return False
+
+    async def put_entries(self, folder: str, items: Mapping[str, str]) -> bool:
+        """Record listing entries (id -> JSON) of a folder; kept, like one-shot claims."""
+        k = f"{self._p}:ent:{_digest(folder)}"
+        try:
+            await self._run(lambda: self._r.hset(k, mapping=cast(Any, dict(items))))
+        except _Unavailable:
+            return False
+        return True
+
+    async def get_entries(self, folder: str) -> dict[str, str]:
+        k = f"{self._p}:ent:{_digest(folder)}"
+        try:
+            raw = await self._run(lambda: cast(dict[bytes, bytes], self._r.hgetall(k)))
+        except _Unavailable:
+            return {}
+        return {a.decode("utf-8", "replace"): b.decode("utf-8", "replace") for a, b in raw.items()}
+
     async def wait_whole(self, key: str, timeout: float | None = None) -> bytes | None:
         """After losing :meth:`claim_once`: the archive once the winner has published it.
         Raises :class:`NotPublished` when the winner stopped without publishing, or did not
@@ -1082,6 +1108,24 @@ class CacheTier:
             await trio.sleep(pause)
             pause = min(pause * 1.5, 0.5)
         return None
+
+    async def has_whole(self, obj: WholeId) -> bool:
+        return await self.tier.has_whole(self._whole_key(obj))
+
+    async def share_entries(self, provider: str, folder: str, entries: list[RemoteEntry]) -> None:
+        items = {e.remote_id: json.dumps({**asdict(e), "kind": e.kind.value}) for e in entries}
+        if items:
+            await self.tier.put_entries(f"{provider}\0{folder}", items)
+
+    async def shared_entries(self, provider: str, folder: str) -> list[RemoteEntry]:
+        out = []
+        for raw in (await self.tier.get_entries(f"{provider}\0{folder}")).values():
+            try:
+                d = json.loads(raw)
+                out.append(RemoteEntry(**{**d, "kind": EntryKind(d["kind"])}))
+            except (ValueError, TypeError, KeyError):
+                log.warning("fleet tier: a shared entry of %s is not readable; skipped", provider)
+        return out
 
     async def publish_whole(self, obj: WholeId, data: bytes) -> None:
         try:

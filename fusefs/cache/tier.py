@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from fusefs.providers.base import RemoteEntry
+
 
 @dataclass(frozen=True)
 class BlockId:
@@ -86,4 +88,18 @@ class BlockTier(Protocol):
 
     async def release_whole(self, obj: WholeId) -> None:
         """This host's download failed: a lease ends (a one-shot claim stays: it is spent)."""
+        ...
+
+    async def has_whole(self, obj: WholeId) -> bool:
+        """A host published the object complete (no bytes are read)."""
+        ...
+
+    # -- listings of one-shot sources ----------------------------------------------------------
+    async def share_entries(self, provider: str, folder: str, entries: list[RemoteEntry]) -> None:
+        """Record the entries of a one-shot source's folder: the API stops listing an object
+        once it is consumed, and hosts that did not list it before still find it here."""
+        ...
+
+    async def shared_entries(self, provider: str, folder: str) -> list[RemoteEntry]:
+        """The entries any host recorded for that folder."""
         ...

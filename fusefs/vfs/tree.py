@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NewType
 import trio
 
 from fusefs import errors
+from fusefs.cache.tier import WholeId
 from fusefs.naming import map_names
 from fusefs.providers.base import (
     EntryKind,
@@ -193,6 +194,7 @@ class VirtualTree:
         t1 = time.perf_counter()
         self.listing_errors.pop(provider.name, None)
         if provider.capabilities.one_shot:
+            entries = await self._fleet_entries(provider, node, entries)
             entries = self._keep_consumed(node, entries)
         self._apply_listing(node, entries)
         node.listed_at = self.clock()
@@ -210,6 +212,30 @@ class VirtualTree:
 
     def _retry_soon(self, node: Node) -> None:
         node.listed_at = self.clock() - self.dir_ttl + min(self.dir_ttl, 5.0)
+
+    async def _fleet_entries(
+        self, provider: Provider, node: Node, entries: list[RemoteEntry]
+    ) -> list[RemoteEntry]:
+        """With a fleet tier: share this listing of a one-shot source, and add the objects other
+        hosts listed that a host published whole (the API lists them no more: consumed)."""
+        tier = self.cache.tier
+        if tier is None or not tier.usable():
+            return entries
+        listed = {e.remote_id for e in entries}
+        extra: list[RemoteEntry] = []
+        try:
+            with trio.move_on_after(5):  # bounded: the tier's calls are, this loop too
+                files = [e for e in entries if e.kind is EntryKind.FILE]
+                await tier.share_entries(provider.name, node.key, files)
+                for e in await tier.shared_entries(provider.name, node.key):
+                    if e.remote_id in listed or e.kind is not EntryKind.FILE:
+                        continue
+                    if await tier.has_whole(WholeId(provider.name, e.key, e.version)):
+                        extra.append(e)
+                        listed.add(e.remote_id)
+        except Exception:  # the tier's own failures never fail a listing
+            log.exception("fleet tier: merging the shared entries of %s failed", node.key)
+        return [*entries, *extra]
 
     def _keep_consumed(self, node: Node, entries: list[RemoteEntry]) -> list[RemoteEntry]:
         """One-shot objects we hold whole stay listed after the API stops listing them."""

@@ -14,7 +14,7 @@ import trio
 from fusefs.cache.block_cache import BlockCache
 from fusefs.cache.reader import FileReader
 from fusefs.cache.tier import BlockId, WholeId
-from fusefs.providers.base import Capabilities, OneShotConsumed, ProtocolError
+from fusefs.providers.base import Capabilities, OneShotConsumed, ProtocolError, RemoteEntry
 from tests.helpers.fakes import FakeProvider, object_bytes
 
 BS = 64 * 1024
@@ -34,6 +34,7 @@ class MemoryTier:
         self.wholes: dict[WholeId, bytes] = {}
         self.claims: dict[WholeId, str] = {}
         self.released: list[WholeId] = []
+        self.entries: dict[tuple[str, str], dict[str, RemoteEntry]] = {}
         self.host = "a"  # who asks (the tests switch it between the hosts' reads)
 
     def usable(self) -> bool:
@@ -95,6 +96,15 @@ class MemoryTier:
 
     async def release_whole(self, obj: WholeId) -> None:
         self.released.append(obj)
+
+    async def has_whole(self, obj: WholeId) -> bool:
+        return obj in self.wholes
+
+    async def share_entries(self, provider: str, folder: str, entries: list[RemoteEntry]) -> None:
+        self.entries.setdefault((provider, folder), {}).update({e.remote_id: e for e in entries})
+
+    async def shared_entries(self, provider: str, folder: str) -> list[RemoteEntry]:
+        return list(self.entries.get((provider, folder), {}).values())
 
 
 @asynccontextmanager

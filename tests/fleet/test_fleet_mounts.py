@@ -145,6 +145,22 @@ def test_a_one_shot_archive_read_on_one_host_is_readable_on_the_others(
         assert emulator.stats().get("roma.download", 0) == 1  # downloaded by exactly one host
 
 
+def test_a_host_mounted_after_the_archive_was_consumed_still_has_it(
+    world_tiny: Path, emulator: Emulator, workdir: Path, redis_server: RedisServer
+) -> None:
+    """The ROMA API stops listing a consumed archive: the host that downloaded it shared the
+    listing entry and the archive, so a host that mounts later lists and reads it too."""
+    archive = next(f for f in manifest(world_tiny) if f["provider"] == "roma")
+    emulator.reset_stats()
+    with fleet(world_tiny, emulator, workdir / "early", redis_server, 1) as (a,):
+        assert md5(a.path / archive["path"]) == archive["md5"]
+    with fleet(world_tiny, emulator, workdir / "late", redis_server, 1) as (late,):
+        folder = late.path / archive["path"]
+        assert folder.name in os.listdir(folder.parent)  # not in the API's listing any more
+        assert md5(folder) == archive["md5"]
+    assert emulator.stats().get("roma.download", 0) == 1
+
+
 def test_the_iotda_window_is_one_per_fleet(
     world_tiny: Path, emulator: Emulator, workdir: Path, redis_server: RedisServer
 ) -> None:
