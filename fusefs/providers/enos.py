@@ -112,14 +112,28 @@ def envelope_error(env: object, call: str, status: int = 200) -> ProviderError |
     return ProtocolError(msg, call=call)
 
 
+# No answer of the APIs fusefs calls is this big (a page of 200 entries is well under 1 MiB):
+# a bigger one is refused before it is decoded (decoding runs on the event loop)
+MAX_ENVELOPE = 8 << 20
+
+
 def _envelope(resp: httpx.Response) -> Any:
-    """The JSON body of an answer (``None`` when it is not JSON)."""
-    if is_json(resp) or resp.content[:1] == b"{":
+    """The JSON body of an answer (``None`` when it is not JSON, or too big to be one of
+    ours), decoded once per answer (the token check and the parse both look at it)."""
+    cached = getattr(resp, "_fusefs_envelope", _UNSET)
+    if cached is not _UNSET:
+        return cached
+    env = None
+    if len(resp.content) <= MAX_ENVELOPE and (is_json(resp) or resp.content[:1] == b"{"):
         try:
-            return resp.json()
+            env = resp.json()
         except ValueError:
-            return None
-    return None
+            env = None
+    resp._fusefs_envelope = env  # type: ignore[attr-defined]
+    return env
+
+
+_UNSET = object()
 
 
 def token_rejected(resp: httpx.Response) -> bool:
@@ -345,6 +359,12 @@ class EnosProvider:
             raise AuthError("token rejected even after a fresh one", call=call)
         if resp.status_code in (408, 429) or resp.status_code >= 500:
             raise error_for_status(resp.status_code, call, short_body(resp.content), resp.headers)
+        if len(resp.content) > MAX_ENVELOPE:
+            raise ProtocolError(
+                f"an answer of {len(resp.content):,} bytes: larger than any page "
+                f"({MAX_ENVELOPE:,} at most)",
+                call=call,
+            )
         env = _envelope(resp)
         err = envelope_error(env, call, resp.status_code)
         if err is not None:
