@@ -504,36 +504,47 @@ class FleetTier:
 
     async def _run(self, fn: Callable[[], T], nbytes: int = 0) -> T:
         """``fn`` (redis-py calls) in a worker thread, bounded. Raises _Unavailable (logged)."""
-        async with self._limiter:
-            probe = self._may_try()
-            if probe is False:
+        with trio.move_on_after(self._bound(nbytes)) as queued:
+            await self._limiter.acquire()
+        if queued.cancelled_caught:  # the calls ahead of this one hold every connection
+            self.stats.unavailable += 1
+            raise _Unavailable
+        try:
+            return await self._run_holding(fn, nbytes)
+        finally:
+            self._limiter.release()
+
+    async def _run_holding(self, fn: Callable[[], T], nbytes: int) -> T:
+        """``fn`` with a connection slot held: bounded, errors turned into _Unavailable."""
+        probe = self._may_try()
+        if probe is False:
+            self.stats.unavailable += 1
+            raise _Unavailable
+        with trio.move_on_after(self._bound(nbytes)) as scope:
+            try:
+                result = await trio.to_thread.run_sync(
+                    fn, abandon_on_cancel=True, limiter=self._threads
+                )
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._failed(exc, bool(probe))
                 self.stats.unavailable += 1
-                raise _Unavailable
-            with trio.move_on_after(self._bound(nbytes)) as scope:
-                try:
-                    result = await trio.to_thread.run_sync(
-                        fn, abandon_on_cancel=True, limiter=self._threads
-                    )
-                except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                    self._failed(exc, bool(probe))
-                    self.stats.unavailable += 1
-                    raise _Unavailable from None
-                except redis.RedisError as exc:
-                    self._answered()  # it answered, with an error
-                    self._refused(exc)
-                    self.stats.unavailable += 1
-                    raise _Unavailable from None
-                except BaseException:
-                    if probe:
-                        self._probing = False
-                    raise
-            if scope.cancelled_caught:
-                bound = self._bound(nbytes)
-                self._failed(TimeoutError(f"no answer within {bound:.3g} s"), bool(probe))
+                raise _Unavailable from None
+            except redis.RedisError as exc:
+                self._answered()  # it answered, with an error
+                self._refused(exc)
                 self.stats.unavailable += 1
-                raise _Unavailable
-            self._answered()
-            return result
+                raise _Unavailable from None
+            except BaseException:
+                if probe:
+                    self._probing = False
+                raise
+        if scope.cancelled_caught:
+            bound = self._bound(nbytes)
+            self._failed(TimeoutError(f"no answer within {bound:.3g} s"), bool(probe))
+            self.stats.unavailable += 1
+            raise _Unavailable
+        self._answered()
+        return result
 
     async def _compare(self, script: str, key: str, *args: str) -> int:
         """Run a compare-and-* script on one key; 0 when unavailable."""
@@ -979,13 +990,31 @@ class CacheTier:
         finally:
             self._nursery = None
 
-    def _soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> bool:
-        """From any thread: run ``fn(*args)`` as a task; False when no longer running."""
-        token, nursery = self._token, self._nursery
-        if token is None or nursery is None:
+    def _soon(
+        self,
+        fn: Callable[..., Awaitable[object]],
+        *args: object,
+        dropped: Callable[[], None] | None = None,
+    ) -> bool:
+        """From any thread: run ``fn(*args)`` as a task of :meth:`run`'s nursery. False when no
+        longer running; a task that cannot start any more (the nursery closed meanwhile, at
+        unmount) calls ``dropped`` on the loop instead."""
+        token = self._token
+        if token is None or self._nursery is None:
             return False
+
+        def start() -> None:  # on the loop: the nursery as it is now
+            nursery = self._nursery
+            try:
+                if nursery is None:
+                    raise RuntimeError("closed")
+                nursery.start_soon(fn, *args)
+            except RuntimeError:
+                if dropped is not None:
+                    dropped()
+
         try:
-            token.run_sync_soon(nursery.start_soon, fn, *args)
+            token.run_sync_soon(start)
         except trio.RunFinishedError:
             return False
         return True
@@ -1011,7 +1040,9 @@ class CacheTier:
         b = block
         got = await self.tier.fetch_block(b.provider, b.key, b.version, b.index, wait=0)
         if got.data is not None:
-            self._ready[block] = got.data  # ``wait`` answers it at once
+            while len(self._ready) >= 8:  # a run that stopped here never asks: bounded
+                self._ready.pop(next(iter(self._ready)))
+            self._ready[block] = got.data  # ``get``/``wait`` answer it at once
             return False
         if got.lease is None:
             return not self.tier.available  # held elsewhere; or the tier is down: fetch here
@@ -1043,9 +1074,14 @@ class CacheTier:
                     self._soon(lease.release)
                 return
             self._pending += len(data)
-        if not self._soon(self._publish, block, bytes(data), lease):
+        n = len(data)
+
+        def dropped() -> None:
             with self._lock:
-                self._pending -= len(data)
+                self._pending -= n
+
+        if not self._soon(self._publish, block, bytes(data), lease, dropped=dropped):
+            dropped()
 
     async def _publish(self, block: BlockId, data: bytes, lease: Lease | None) -> None:
         try:
@@ -1085,6 +1121,13 @@ class CacheTier:
             return not self.tier.available
         self._whole_leases[obj] = lease
         return True
+
+    def holds_whole(self, obj: WholeId) -> bool:
+        return obj in self._whole_leases or obj in self._claimed
+
+    @property
+    def max_whole_bytes(self) -> int:
+        return self.tier.config.max_whole_bytes
 
     async def wait_whole(self, obj: WholeId) -> bytes | None:
         key = self._whole_key(obj)

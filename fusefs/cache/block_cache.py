@@ -57,10 +57,20 @@ WRITE_QUEUE = 32
 # within the noise of a shared machine): one it is
 WRITERS = 1
 PREALLOCATE = 16 << 20  # fetches this large reserve file space this far ahead of their writes
+# The most blocks one fetch leases in the fleet tier before downloading them in one request: the
+# last must arrive before its lease expires (30 s: 16 MiB at 1 MiB blocks needs > 0.5 MB/s).
+LEASE_RUN = 16
 # Units written to disk but not yet accounted on the event loop (and so not yet evictable): a
 # writer waits for the loop past this many, so the disk use stays within the cap plus this many
 # units even when the loop lags behind the writer (seen on a loaded CI host: 6 MiB over).
 UNCOMMITTED = 4
+
+
+def _strong(version: str) -> bool:
+    """A version that tells contents apart (hosts share blocks under it for days): not empty,
+    not just a size (``edited:size`` with no edit time)."""
+    head, _, tail = version.partition(":")
+    return bool(version) and not (tail.isdigit() and not head)
 
 
 class _Stopped(Exception):
@@ -322,8 +332,9 @@ class BlockCache:
                 await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
-                for _ in self._writers:
-                    self._wq.put(None)
+                for _ in self._writers:  # never a blocking put here: the writer may be
+                    # waiting for a commit only this loop can run (_wait_for_commits)
+                    await trio.to_thread.run_sync(self._wq.put, None)
                 for w in self._writers:
                     await trio.to_thread.run_sync(w.join)
                 await trio.lowlevel.checkpoint()  # run the commits the writer posted
@@ -896,28 +907,29 @@ class BlockCache:
             pos = b1
         return pos, False
 
-    async def _lease_run(self, obj: CachedObject, pos: int, end: int) -> tuple[int, list[int]]:
+    async def _lease_run(self, obj: CachedObject, pos: int, end: int, leased: list[int]) -> int:
         """After this host won the lease of the block at ``pos``: lease the blocks after it
-        while no other host has them; returns the end of the run to download and its leases."""
+        while no other host has them (each appended to ``leased`` as won: the caller releases
+        them if anything fails); returns the end of the run to download. A run is at most
+        LEASE_RUN blocks: its leases must not expire before its last block arrives."""
         assert self.tier is not None
         bs = self.block_size
-        leased = [pos // bs]
         _, stop = self._block_span(obj, pos // bs)
-        while stop < end and self.tier.usable():
+        while stop < end and len(leased) < LEASE_RUN and self.tier.usable():
             index = stop // bs
             _, b1 = self._block_span(obj, index)
             if end < b1 or not await self.tier.lease(self._bid(obj, index)):
                 break
             leased.append(index)
             stop = b1
-        return stop, leased
+        return stop
 
     async def _fetch_range(
         self, obj: CachedObject, start: int, end: int, flights: list[tuple[int, _Flight]]
     ) -> None:
         """Fetch [start, end): through the fleet tier when there is one, else the cloud."""
         tier = self.tier
-        if tier is None or obj.size is None:
+        if tier is None or obj.size is None or not _strong(obj.ref.version):
             await self._fetch_cloud(obj, start, end, flights)
             return
         pos = start
@@ -928,15 +940,19 @@ class BlockCache:
                 if pos >= end:
                     return
                 if leased:
-                    stop, indexes = await self._lease_run(obj, pos, end)
+                    indexes.append(pos // self.block_size)
+                    stop = await self._lease_run(obj, pos, end, indexes)
                 elif tier.usable():  # this block from the cloud, then ask the tier again
                     stop = min(end, self._block_span(obj, pos // self.block_size)[1])
                 else:
                     stop = end
-            except Exception:  # a bug in the tier's path: the cloud serves the rest
-                log.exception("fleet tier: serving %s failed; reading from the cloud", obj.ref.key)
-                for index in indexes:
+            except BaseException as exc:
+                for index in indexes:  # leases won before the failure: others may take them
                     tier.release(self._bid(obj, index))
+                if not isinstance(exc, Exception):
+                    raise
+                # a bug in the tier's path: the cloud serves the rest
+                log.exception("fleet tier: serving %s failed; reading from the cloud", obj.ref.key)
                 await self._fetch_cloud(obj, pos, end, flights)
                 return
             ok = False
@@ -1089,7 +1105,7 @@ class BlockCache:
         """Before a whole download: the bytes another host published (None: download here),
         and whether this host holds the fleet's claim on the download."""
         tier = self.tier
-        if tier is None or not tier.usable():
+        if tier is None or not tier.usable() or not _strong(obj.ref.version):
             return None, False
         one_shot = obj.provider.capabilities.one_shot
         wid = WholeId(obj.ref.provider, obj.ref.key, obj.ref.version)
@@ -1106,7 +1122,8 @@ class BlockCache:
                 "only once) and did not share it",
                 call="fleet",
             )
-        return data, False
+        # None: the other host gave up; if this host took its claim over, it shares the result
+        return data, data is None and tier.holds_whole(wid)
 
     async def _publish_whole(self, obj: CachedObject, claimed: bool, ok: bool) -> None:
         """After a whole download this host claimed: share it complete, or end the claim."""
@@ -1115,7 +1132,7 @@ class BlockCache:
             return
         wid = WholeId(obj.ref.provider, obj.ref.key, obj.ref.version)
         try:
-            if ok and obj.size is not None:
+            if ok and obj.size is not None and obj.size <= tier.max_whole_bytes:
                 data = await self._read_object(obj.oid, obj.size)
                 if data is not None:
                     await tier.publish_whole(wid, data)

@@ -79,7 +79,17 @@ class BlockTier(Protocol):
         ...
 
     async def wait_whole(self, obj: WholeId) -> bytes | None:
-        """The object once the claiming host published it; None when it did not in time."""
+        """The object once the claiming host published it; None when it did not in time (then
+        ``holds_whole`` says whether this host took the claim over)."""
+        ...
+
+    def holds_whole(self, obj: WholeId) -> bool:
+        """This host holds the claim of ``obj`` (it is to publish or release it)."""
+        ...
+
+    @property
+    def max_whole_bytes(self) -> int:
+        """Objects larger than this are not shared whole."""
         ...
 
     async def publish_whole(self, obj: WholeId, data: bytes) -> None:

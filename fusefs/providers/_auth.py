@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Protocol
 
@@ -222,8 +223,10 @@ class CachedToken:
     def _extra(self) -> dict[str, str]:
         return {}
 
-    def _shared(self, extra: dict[str, str]) -> None:
-        """A token was taken from the fleet with these fields."""
+    def _shared(self, extra: dict[str, str]) -> bool:
+        """A token was taken from the fleet with these fields: False if they lack something
+        this source needs (then it gets its own)."""
+        return True
 
     async def token(self) -> str:
         tok = self._token
@@ -234,17 +237,19 @@ class CachedToken:
             if tok is not None and self._clock() < self._refresh_at:
                 return tok
             if self._slot is not None:
-                got = await self._slot.take(self._rejected, self.margin)
-                if got is not None:
-                    tok, self.expires_at, extra = got
+                got = await self._slot.take(self._rejected, self.margin / 2)
+                if got is not None and self._shared(got[2]):
+                    tok, self.expires_at = got[0], got[1]
                     self._token = tok
-                    self._shared(extra)
+                    # hosts renew at different moments (between margin and margin/2 before
+                    # the end): the first one's new token is taken by the others
+                    early = self.margin * random.uniform(0.5, 1.0)
                     recheck = self._clock() + SharedSlot.RECHECK
-                    self._refresh_at = min(self.expires_at - self.margin, recheck)
+                    self._refresh_at = min(self.expires_at - early, recheck)
                     return tok
             tok = await self._renew(tok)
             if self._slot is not None and self.expires_at is not None:
-                await self._slot.give(tok, self.expires_at, self.margin, **self._extra())
+                await self._slot.give(tok, self.expires_at, self.margin / 2, **self._extra())
             return tok
 
     async def invalidate(self, bad: str) -> bool:

@@ -344,6 +344,11 @@ class _Stale(Exception):
         self.status = status
 
 
+# a server that answers ranges in parts: this many parts per download, then an error (not one
+# request per byte)
+MAX_SHORT_ANSWERS = 16
+
+
 @dataclass(slots=True)
 class _Resume:
     """One resumable download's progress: the byte reached and the failures in a row."""
@@ -356,6 +361,7 @@ class _Resume:
     failures: int = 0  # attempts in a row without progress
     stale_in_a_row: int = 0  # rejected targets in a row
     stale: bool = False  # the last target was rejected: ask for a fresh one
+    short_answers: int = 0  # whole answers shorter than asked (resumed at once, MAX_SHORT_ANSWERS)
 
     def progressed(self, n: int) -> None:
         self.pos += n
@@ -600,8 +606,15 @@ async def download_range(
                         f"object ends at byte {total}, before the requested end {end}", call=call
                     )
                 if answer.ended_short:  # a whole answer, but less than asked (RFC 9110 allows)
-                    if answer.received:
+                    r.short_answers += 1
+                    if answer.received and r.short_answers <= MAX_SHORT_ANSWERS:
                         continue  # the rest at once: a server that sends ranges in parts
+                    if answer.received:
+                        raise ProtocolError(
+                            f"the server answered less than asked {r.short_answers} times "
+                            f"(at byte {r.pos} of {end})",
+                            call=call,
+                        )
                     raise ProtocolError(  # nothing: asking again gets nothing again
                         f"the server answered nothing of bytes {r.pos}-{end - 1}", call=call
                     )

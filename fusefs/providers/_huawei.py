@@ -186,8 +186,9 @@ class IamTokenSource(CachedToken):
     def _extra(self) -> dict[str, str]:
         return {"project_id": self._project_id or ""}
 
-    def _shared(self, extra: dict[str, str]) -> None:
+    def _shared(self, extra: dict[str, str]) -> bool:
         self._project_id = extra.get("project_id") or self._project_id
+        return self._project_id is not None  # without it IoTDA/ROMA cannot call
 
     async def project_id(self) -> str:
         """The id of the scoped project, as IAM reported it with the token."""

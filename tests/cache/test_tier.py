@@ -97,6 +97,13 @@ class MemoryTier:
     async def release_whole(self, obj: WholeId) -> None:
         self.released.append(obj)
 
+    def holds_whole(self, obj: WholeId) -> bool:
+        return self.claims.get(obj) == self.host
+
+    @property
+    def max_whole_bytes(self) -> int:
+        return 1 << 30
+
     async def has_whole(self, obj: WholeId) -> bool:
         return obj in self.wholes
 
