@@ -4,7 +4,6 @@ emulator world with one real redis-server as their shared tier (docs/fleet.md)."
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import threading
@@ -17,24 +16,11 @@ import pytest
 
 from tests.fleet.conftest import RedisServer
 from tests.helpers.mounting import Emulator, Mount, mounted
+from tests.mount.test_mount import manifest, md5
 
 pytestmark = pytest.mark.fuse
 
 DATA_ROUTES = ("enos.download", "koodrive.obs", "iotda.download", "roma.download")
-
-
-def manifest(world: Path) -> list[dict[str, Any]]:
-    data = json.loads((world / "manifest.json").read_text())
-    files: list[dict[str, Any]] = data["files"] if isinstance(data, dict) else data
-    return files
-
-
-def md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sent(emulator: Emulator) -> dict[str, int]:
