@@ -990,6 +990,11 @@ class CacheTier:
         finally:
             self._nursery = None
 
+    @property
+    def token_share(self) -> FleetTokens | None:
+        """The providers' shared tokens (``[fleet] share_tokens``), else None."""
+        return FleetTokens(self.tier) if self.tier.config.share_tokens else None
+
     def _soon(
         self,
         fn: Callable[..., Awaitable[object]],

@@ -25,6 +25,18 @@ log = logging.getLogger(__name__)
 READ_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 
 
+# the cache's figures, by name in its statistics: what kind of metric each is, and its help
+_CACHE_FIGURES: tuple[tuple[str, type[CounterMetricFamily | GaugeMetricFamily], str], ...] = (
+    ("hits", CounterMetricFamily, "Reads answered from the cache (memory or disk)"),
+    ("misses", CounterMetricFamily, "Reads that had to wait for a download"),
+    ("evicted_blocks", CounterMetricFamily, "Blocks evicted to stay under the cache cap"),
+    ("fetched_bytes", CounterMetricFamily, "Bytes received into the cache"),
+    ("unpinned_bytes", GaugeMetricFamily, "Evictable bytes in the cache"),
+    ("pinned_bytes", GaugeMetricFamily, "Pinned and one-shot bytes in the cache (never evicted)"),
+    ("max_bytes", GaugeMetricFamily, "The cache cap for evictable bytes"),
+)
+
+
 class _CacheCollector(Collector):
     """Reads the cache's counters at scrape time (``source()`` → the numbers by name)."""
 
@@ -37,27 +49,11 @@ class _CacheCollector(Collector):
         except Exception:  # a scrape never takes the mount down
             log.exception("metrics: reading the cache counters failed")
             return
-        counters = {
-            "hits": "Reads answered from the cache (memory or disk)",
-            "misses": "Reads that had to wait for a download",
-            "evicted_blocks": "Blocks evicted to stay under the cache cap",
-            "fetched_bytes": "Bytes received into the cache",
-        }
-        for key, text in counters.items():
+        for key, family, text in _CACHE_FIGURES:
             if key in s:
-                c = CounterMetricFamily(f"fusefs_cache_{key}", text)
-                c.add_metric([], s[key])
-                yield c
-        gauges = {
-            "unpinned_bytes": "Evictable bytes in the cache",
-            "pinned_bytes": "Pinned and one-shot bytes in the cache (never evicted)",
-            "max_bytes": "The cache cap for evictable bytes",
-        }
-        for key, text in gauges.items():
-            if key in s:
-                g = GaugeMetricFamily(f"fusefs_cache_{key}", text)
-                g.add_metric([], s[key])
-                yield g
+                metric = family(f"fusefs_cache_{key}", text)
+                metric.add_metric([], s[key])
+                yield metric
 
 
 class Metrics:

@@ -652,19 +652,13 @@ async def _run_mount(
         )
         stack.callback(bulk.close)
         fleet = await _start_fleet(cfg, stack)
-        if fleet is not None:
-            from fusefs.fleet import FleetTokens
         providers: list[Provider] = list(
             build_providers(
                 cfg,
                 client,
                 bulk=bulk,
                 window_gate=fleet.window if fleet is not None else None,
-                token_share=(
-                    FleetTokens(fleet.tier)
-                    if fleet is not None and fleet.tier.config.share_tokens
-                    else None
-                ),
+                token_share=fleet.token_share if fleet is not None else None,
             )
         )
         for p in providers:
