@@ -337,6 +337,13 @@ def cmd_warm(args: argparse.Namespace) -> int:
         print(f"{verb} {head['files']} files, {total} bytes in {took:.1f} s")
     except (ValueError, OSError, StopIteration) as exc:
         return _fail(str(exc) or "the daemon ended the request")
+    except KeyboardInterrupt:  # Ctrl-C stops the command, not the mount's downloads
+        print(
+            f"fusefs: {args.op} stopped; what was downloaded stays in the cache (the download "
+            "under way, and with background_fetch the queue, go on in the mount)",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
@@ -360,6 +367,7 @@ def _print_queue(queue: list[dict[str, Any]]) -> None:
         eta = q.get("eta")
         when = "-" if eta is None else ("next" if eta < 0.5 else f"in {_duration(eta)}")
         print(f"  {i:>3}  {when:>16}  {q['file']}")
+    sys.stdout.flush()  # shown now, also through a pipe: the downloads take windows
 
 
 def _warm_by_files(

@@ -2,7 +2,12 @@
 
 Every download attempt of the provider waits for a turn here. A turn is given when no other
 download holds one (a turn lasts until the response headers have arrived) and ``interval``
-seconds have passed since the previous turn started (plus any ``defer``). Among the waiters, one
+seconds have passed since the previous turn ended (plus any ``defer``). Counted from the end, not
+the start: the service starts its window when it answers, which is before its headers reach us
+and after our request left, so the next request arrives at least ``interval`` after that answer
+however long the previous one travelled (a window counted from our start could, with a request
+slower than the next, land inside the service's window: a refused ``IOTDA.014805``, a window
+lost). Among the waiters, one
 whose object a reader waits for (``urgent``) goes first, then the others in arrival order: a
 reader never waits behind background work for more than the one download already started.
 
@@ -48,6 +53,7 @@ class DownloadTurns:
         self.gate = gate  # the fleet's window, waited for while holding the local turn
         self.gate_name = gate_name or name
         self.last_start: float | None = None  # trio time the last turn was given
+        self.last_end: float | None = None  # trio time the last turn was given back
         self.starts = 0  # turns given so far
         self.holder: str | None = None  # the key holding the turn now
         self._not_before = -math.inf
@@ -80,11 +86,15 @@ class DownloadTurns:
         return bool(self._urgent.get(key))
 
     def next_start(self) -> float:
-        """The earliest trio time the next turn can be given (now or later)."""
+        """The earliest trio time the next turn can be given (now or later); while a turn is
+        held, as if it ended now."""
+        now = trio.current_time()
         t = self._not_before
-        if self.last_start is not None:
-            t = max(t, self.last_start + self.interval)
-        return max(t, trio.current_time())
+        if self.holder is not None:
+            t = max(t, now + self.interval)
+        elif self.last_end is not None:
+            t = max(t, self.last_end + self.interval)
+        return max(t, now)
 
     def eta(self, position: int) -> float:
         """Seconds from now until the ``position``-th next turn (0: the next), if every
@@ -145,4 +155,5 @@ class DownloadTurns:
             yield
         finally:
             self.holder = None
+            self.last_end = trio.current_time()  # the next turn is one interval from now
             self._notify()

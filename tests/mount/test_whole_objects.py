@@ -22,7 +22,7 @@ def test_iotda_exports_download_once_and_show_true_size(
     exports = [f for f in manifest(world_tiny) if f["provider"] == "iotda"]
     assert len(exports) >= 3
     emulator.set_faults({"iotda_download_window": 1.0})
-    with mounted(world_tiny, emulator.url, workdir, iotda_opts={"download_interval": 1.05}) as m:
+    with mounted(world_tiny, emulator.url, workdir, iotda_opts={"download_interval": 1.0}) as m:
         emulator.reset_stats()
         names = os.listdir(m.path / "iotda" / "exports")
         assert sorted(names) == sorted(os.path.basename(f["path"]) for f in exports)

@@ -23,8 +23,22 @@ async def test_one_turn_per_window_in_arrival_order(autojump_clock: trio.abc.Clo
             nursery.start_soon(download, key)
             await trio.sleep(0.01)
     assert [k for k, _ in started] == ["a", "b", "c"]
-    assert [round(t - t0) for _, t in started] == [0, 30, 60]
+    # one window from the end of the previous turn (its answer), not from its start
+    assert [round(t - t0) for _, t in started] == [0, 31, 62]
     assert turns.starts == 3 and turns.holder is None
+
+
+async def test_a_slow_answer_pushes_the_next_turn(autojump_clock: trio.abc.Clock) -> None:
+    """The service starts its window when it answers: a download whose headers take 20 s
+    must not let the next one start 30 s after the first was sent (it would be refused)."""
+    turns = DownloadTurns(30.0)
+    t0 = trio.current_time()
+    async with turns.turn("slow"):
+        assert round(turns.eta(0)) == 30  # while held: as if it ended now
+        await trio.sleep(20.0)
+    assert round(turns.eta(0)) == 30
+    async with turns.turn("next"):
+        assert round(trio.current_time() - t0) == 50
 
 
 async def test_urgent_goes_ahead_even_while_others_wait(autojump_clock: trio.abc.Clock) -> None:
