@@ -27,7 +27,7 @@ import threading
 import weakref
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,6 +57,7 @@ WRITE_QUEUE = 32
 # within the noise of a shared machine): one it is
 WRITERS = 1
 PREALLOCATE = 16 << 20  # fetches this large reserve file space this far ahead of their writes
+BATCH_MAX_SIZE = 256 << 10  # files up to this size are read ahead in batches (fetch_batch)
 # The most blocks one fetch leases in the fleet tier before downloading them in one request: the
 # last must arrive before its lease expires (30 s: 16 MiB at 1 MiB blocks needs > 0.5 MB/s).
 LEASE_RUN = 16
@@ -231,10 +232,17 @@ class _Sink:
         return unit
 
     def write(
-        self, start: int, data: bytearray, crcs: array[int] | None = None
+        self,
+        start: int,
+        data: bytearray,
+        crcs: array[int] | None = None,
+        *,
+        record: bool = False,
     ) -> array[int] | None:
-        """File IO only (worker thread): the unit's segments, after meta.json the first time.
-        Large fetches reserve their file space ahead of the writes, PREALLOCATE at a time."""
+        """File IO only (worker thread): the unit's segments, after meta.json the first time;
+        ``record``: the unit is a whole block, whose record is written here too (after its
+        data). Large fetches reserve their file space ahead of the writes, PREALLOCATE at a
+        time."""
         store = self.cache.store
         try:
             if self.meta is not None:
@@ -247,23 +255,25 @@ class _Sink:
             ):
                 self.allocated = min(end, start + PREALLOCATE)
                 store.preallocate(self.obj.oid, start, self.allocated)
-            return store.write_unit(
-                self.obj.oid,
-                start // self.cache.block_size,
-                (start % self.cache.block_size) // store.seg,
-                data,
-                crcs,
-            )
+            index = start // self.cache.block_size
+            seg_first = (start % self.cache.block_size) // store.seg
+            crcs = store.write_unit(self.obj.oid, index, seg_first, data, crcs)
+            if record:
+                store.write_whole_record(self.obj.oid, index, len(data), crcs)
+            return crcs
         except OSError as exc:
             log.warning("could not write cache data of %s: %s", self.obj.ref.key, exc)
             return None
 
-    def commit(self, start: int, data: bytearray, crcs: array[int] | None) -> None:
-        """On the event loop, after the writer thread wrote a unit (``crcs`` None: it could not)."""
+    def commit(
+        self, start: int, data: bytearray, crcs: array[int] | None, *, recorded: bool = False
+    ) -> None:
+        """On the event loop, after the writer thread wrote a unit (``crcs`` None: it could not;
+        ``recorded``: the thread wrote the block's record too)."""
         if self.meta is not None and crcs is not None:
             self.cache.store.remember_meta(self.obj.oid, self.meta)
             self.meta = None
-        self.cache._committed(self.obj, start, data, crcs)
+        self.cache._committed(self.obj, start, data, crcs, recorded=recorded)
 
 
 class BlockCache:
@@ -374,10 +384,15 @@ class BlockCache:
                 raise _Stopped from None
 
     def _commit_safely(
-        self, sink: _Sink, start: int, data: bytearray, crcs: array[int] | None
+        self,
+        sink: _Sink,
+        start: int,
+        data: bytearray,
+        crcs: array[int] | None,
+        recorded: bool = False,
     ) -> None:
         try:
-            sink.commit(start, data, crcs)
+            sink.commit(start, data, crcs, recorded=recorded)
         except Exception:  # a bug: never let it reach trio's run_sync_soon (it would crash)
             log.exception("recording a fetched block of %s failed", sink.obj.ref.key)
         finally:
@@ -387,19 +402,31 @@ class BlockCache:
         """In a receiving thread: serve the unit now, queue it for the writer (waiting when the
         disk is behind: backpressure, never a dropped block)."""
         assert self._token is not None
+        obj = sink.obj
         try:
-            self._token.run_sync_soon(self._arrived_safely, sink.obj, start, data)
-            if not self._is_full_block(sink.obj, start, len(data)):
+            self._token.run_sync_soon(self._arrived_safely, obj, start, data)
+            if not self._is_full_block(obj, start, len(data)):
                 # a part of a block (a random read) is served only once it is on disk: write it
                 # here rather than behind the writer's queue, a reader is waiting for it
                 self._wait_for_commits()
                 crcs = sink.write(start, data)
                 self._token.run_sync_soon(self._commit_safely, sink, start, data, crcs)
                 return
+            if start == 0 and obj.size == len(data):
+                # a small file, whole (``cp -r`` of a folder: thousands of them): written here,
+                # record included, so the files of a folder are written by the receiving
+                # threads in parallel, not one after another by the writer (its system calls,
+                # each waiting for the GIL again, made it the bottleneck of read-ahead)
+                if sink.publish:
+                    self._publish(obj, start, data)
+                self._wait_for_commits()
+                crcs = sink.write(start, data, record=True)
+                self._token.run_sync_soon(self._commit_safely, sink, start, data, crcs, True)
+                return
         except trio.RunFinishedError:
             raise _Stopped from None
         if sink.publish:
-            self._publish(sink.obj, start, data)
+            self._publish(obj, start, data)
         # the CRCs here, in the receiving threads (in parallel), not in the one writer
         self._wq.put((sink, start, data, self.store.crcs(data)))
 
@@ -695,6 +722,62 @@ class BlockCache:
         g_last = last * self.nseg + (self._block_len(obj, last) - 1) // self.seg
         self._start_segments(obj, first * self.nseg, g_last, owner)
 
+    def batchable(self, obj: CachedObject) -> bool:
+        """Whether :meth:`fetch_batch` can read ``obj`` ahead: a small file (at most
+        BATCH_MAX_SIZE), of known size, of a provider with ``fetch_batch``, on a single host
+        (the fleet tier's leases are taken block by block, through ``prefetch``)."""
+        return (
+            self.tier is None
+            and not obj.whole_only
+            and obj.size is not None
+            and 0 < obj.size <= min(BATCH_MAX_SIZE, self.block_size)
+            and getattr(obj.provider, "fetch_batch", None) is not None
+        )
+
+    async def fetch_batch(self, objs: Sequence[CachedObject]) -> int:
+        """Read small files ahead, whole, with one request each, all in one worker-thread job of
+        their provider (``cp -r`` of a folder: the per-file tasks, thread jobs and hand-offs of
+        :meth:`prefetch` cost more of the event loop than the bytes). Each file is then served
+        and persisted as any fetched block. Best effort: a file that fails is left to its own
+        read (which fetches it with retries); a read already waiting for it looks again.
+        Returns how many files arrived. Every ``obj`` must be :meth:`batchable`, of one
+        provider."""
+        items: list[tuple[CachedObject, list[tuple[int, _Flight]], _Sink]] = []
+        for obj in objs:
+            assert obj.size is not None
+            mask = self._full_mask(obj, 0)
+            if self._needs(obj, 0, mask) != mask:
+                continue  # present, in part or whole, or in flight: not ours to fetch
+            f = _Flight(mask)
+            self._flights.setdefault((obj.oid, 0), []).append(f)
+            sink = _Sink(self, obj, 0, obj.size, in_thread=True, meta=self._take_meta(obj))
+            items.append((obj, [(0, f)], sink))
+        if not items:
+            return 0
+        total = sum(sink.end or 0 for _, _, sink in items)
+        reserved = 0
+        done: list[bool] = []
+        try:
+            reserved = await self.budget.acquire(total)
+            self.counters.fetches += len(items)
+            provider = items[0][0].provider
+            done = await provider.fetch_batch(  # type: ignore[attr-defined]
+                [(obj.ref, sink) for obj, _, sink in items]
+            )
+        except Exception as exc:
+            log.debug("read-ahead batch of %d files failed: %s", len(items), exc)
+        finally:
+            self.budget.release(reserved)
+            arrived = 0
+            for i, (obj, flights, sink) in enumerate(items):
+                if i < len(done) and done[i] and sink.received_bytes == sink.end:
+                    arrived += 1
+                    continue
+                self._fail(obj, flights, None)  # a waiting read fetches it itself
+                if sink.meta is not None and not sink.received_bytes:
+                    obj.meta_saved = False
+        return arrived
+
     def abandon(self, owner: Hashable) -> None:
         """``owner`` (a closed file handle) needs nothing more: cancel its fetches that no read
         waits on. What they received so far stays (whole segments are kept); the rest of their
@@ -808,9 +891,16 @@ class BlockCache:
         self._wake(obj, *self._unit_mask(start, len(data)))
 
     def _committed(
-        self, obj: CachedObject, start: int, data: bytearray, crcs: array[int] | None
+        self,
+        obj: CachedObject,
+        start: int,
+        data: bytearray,
+        crcs: array[int] | None,
+        *,
+        recorded: bool = False,
     ) -> None:
-        """A unit is on disk (``crcs``), or could not be written (None): record it, wake."""
+        """A unit is on disk (``crcs``), or could not be written (None): record it, wake.
+        ``recorded``: a whole block whose record the writing thread wrote already."""
         bs = self.block_size
         index, mask = self._unit_mask(start, len(data))
         key = (obj.oid, index)
@@ -822,7 +912,13 @@ class BlockCache:
             else:
                 block_len = min(bs, obj.size - index * bs)
             self.store.commit(
-                obj.oid, index, (start % bs) // self.seg, crcs, block_len, pinned=pinned
+                obj.oid,
+                index,
+                (start % bs) // self.seg,
+                crcs,
+                block_len,
+                pinned=pinned,
+                recorded=recorded and start % bs == 0 and len(data) == block_len,
             )
         else:
             self.counters.not_persisted += 1

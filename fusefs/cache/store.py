@@ -40,6 +40,7 @@ import os
 import shutil
 import struct
 import threading
+import time
 import zlib
 from array import array
 from collections import OrderedDict
@@ -56,6 +57,8 @@ MAX_SEGMENTS = 64  # the mask is a u64
 BlockKey = tuple[str, int]
 DIRECT_ALIGN = 4096  # O_DIRECT: offsets, lengths and buffer addresses in multiples of this
 CORRUPT = object()  # read result: the bytes on disk failed their checksum
+DISK_CHECK_BYTES = 64 << 20  # free space asked again after this many more bytes cached ...
+DISK_CHECK_SECONDS = 1.0  # ... or this long
 
 
 def object_id(provider: str, key: str, version: str) -> str:
@@ -116,10 +119,17 @@ def _punch_hole(fd: int, offset: int, length: int) -> None:
         _FALLOCATE(fd, _PUNCH_HOLE, offset, length)
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+def _write_private(path: Path | str, text: str, *, exclusive: bool = False) -> None:
+    """A 0600 file holding ``text``: three system calls (a cache fills thousands of these)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC) | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        raw = text.encode()
+        done = 0
+        while done < len(raw):
+            done += os.write(fd, raw[done:])
+    finally:
+        os.close(fd)
 
 
 LOCK_NAME = "lock"
@@ -191,6 +201,8 @@ class BlockStore:
         self.nseg = block_size // self.seg
         self.max_bytes = max_bytes
         self.min_free_ratio = min_free_ratio
+        self._disk_full = False
+        self._disk_checked_at = (0, -DISK_CHECK_SECONDS)  # (bytes cached, time.monotonic())
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._root_s = str(self.root)
         self._data_name = f"data-b{block_size}"
@@ -248,12 +260,25 @@ class BlockStore:
         return meta
 
     def write_meta_file(self, oid: str, meta: ObjectMeta) -> None:
-        """File IO only (thread-safe): meta.json via a 0600 temp file and a rename."""
-        d = self.object_dir(oid)
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = d / f"meta.json.{threading.get_ident()}.tmp"  # writers in two threads never clash
-        _write_private(tmp, json.dumps(asdict(meta)))
-        os.replace(tmp, d / "meta.json")
+        """File IO only (thread-safe): meta.json, 0600. A new object's is written in place (a
+        torn one, after a crash, is unreadable JSON: dropped with its object at the next scan);
+        one that exists is replaced through a temp file and a rename, never torn."""
+        d = self._dir(oid)
+        text = json.dumps(asdict(meta))
+        path = os.path.join(d, "meta.json")
+        try:
+            os.mkdir(d, 0o700)
+        except FileNotFoundError:  # the first object of its oid[:2] folder
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        except FileExistsError:
+            pass
+        else:  # a new folder: no meta.json yet, and no other writer of this object's
+            with contextlib.suppress(FileExistsError):
+                _write_private(path, text, exclusive=True)
+                return
+        tmp = f"{path}.{threading.get_ident()}.tmp"  # writers in two threads never clash
+        _write_private(tmp, text)
+        os.replace(tmp, path)
 
     def save_meta(self, oid: str, meta: ObjectMeta) -> None:
         self.write_meta_file(oid, meta)
@@ -456,9 +481,11 @@ class BlockStore:
         length: int,
         *,
         pinned: bool,
+        recorded: bool = False,
     ) -> None:
         """Record segments just written (and verified by construction), write the block's
-        record, then make room under the cap (LRU, unpinned blocks)."""
+        record (unless ``recorded``: a whole block, whose record ``write_whole_record`` wrote),
+        then make room under the cap (LRU, unpinned blocks)."""
         have = self.present(oid)
         rec = have.get(index)
         if rec is None or rec.length != length:
@@ -468,7 +495,8 @@ class BlockStore:
         for j, crc in enumerate(crcs):
             rec.crcs[seg_first + j] = crc
             rec.mask |= 1 << (seg_first + j)
-        self._write_record(oid, index, rec)
+        if not recorded:
+            self._write_record(oid, index, rec)
         self._forget_block(oid, index)
         n = self._rec_bytes(rec)
         if pinned:
@@ -478,6 +506,16 @@ class BlockStore:
             self._lru[(oid, index)] = n
             self.unpinned_bytes += n
             self.evict_nowait(keep=(oid, index))
+
+    def write_whole_record(self, oid: str, index: int, length: int, crcs: array[int]) -> None:
+        """File IO only (thread-safe): the record of a whole block just written (every segment
+        present), so that ``commit`` need not write it on the event loop."""
+        rec = _Rec(self.nseg)
+        rec.length = length
+        for j, crc in enumerate(crcs):
+            rec.crcs[j] = crc
+            rec.mask |= 1 << j
+        self._write_record(oid, index, rec)
 
     def _write_record(self, oid: str, index: int, rec: _Rec) -> None:
         raw = _HEAD.pack(_MAGIC, index, rec.length, rec.mask) + rec.crcs.tobytes()
@@ -525,19 +563,35 @@ class BlockStore:
         self._forget_block(oid, index)
         self._erase(oid, index)
 
-    def _disk_too_full(self) -> bool:
+    def _disk_too_full(self, *, fresh: bool = False) -> bool:
+        """Below ``min_free_ratio`` free. Asked at every commit, so the answer is kept until
+        DISK_CHECK_BYTES more are cached or DISK_CHECK_SECONDS pass (one statvfs per small
+        file was a system call on the event loop per file of a ``cp -r``)."""
         if self.min_free_ratio <= 0:
             return False
+        added = self.unpinned_bytes + self.pinned_bytes
+        now = time.monotonic()
+        if (
+            not fresh
+            and abs(added - self._disk_checked_at[0]) < DISK_CHECK_BYTES
+            and now - self._disk_checked_at[1] < DISK_CHECK_SECONDS
+        ):
+            return self._disk_full
         try:
             st = os.statvfs(self._root_s)
         except OSError:
             return False
-        return st.f_bavail < self.min_free_ratio * st.f_blocks
+        self._disk_checked_at = (added, now)
+        self._disk_full = st.f_bavail < self.min_free_ratio * st.f_blocks
+        return self._disk_full
 
     def evict_nowait(self, keep: BlockKey | None = None) -> int:
         """Trim unpinned blocks (least recently used first) to the cap; returns bytes freed."""
         freed = 0
-        while self._lru and (self.unpinned_bytes > self.max_bytes or self._disk_too_full()):
+        # while evicting for free space, every answer fresh: the punched holes count at once
+        while self._lru and (
+            self.unpinned_bytes > self.max_bytes or self._disk_too_full(fresh=freed > 0)
+        ):
             (oid, index), size = self._lru.popitem(last=False)
             if (oid, index) == keep and not self._lru:
                 self._lru[(oid, index)] = size

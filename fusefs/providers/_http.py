@@ -38,6 +38,7 @@ from collections.abc import (
     Callable,
     Iterator,
     Mapping,
+    Sequence,
 )
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ import trio
 
 from fusefs import metrics
 from fusefs.logs import excerpt
-from fusefs.providers._bulk import MAX_JSON_BODY, Attempt, BulkClient, content_range
+from fusefs.providers._bulk import MAX_JSON_BODY, Attempt, BulkClient, Stopped, content_range
 from fusefs.providers.base import (
     AuthError,
     ObjectNotFound,
@@ -671,6 +672,70 @@ async def download_range(
             await r.failed(transient, r.pos > start)
         except ValueError as exc:  # a URL http.client cannot use
             raise ProtocolError(f"bad download URL: {exc}", call=call) from None
+
+
+async def download_batch(
+    bulk: BulkClient,
+    call: str,
+    items: Sequence[tuple[GetTarget, int, RangeSink]],
+    *,
+    sniff_json: bool = False,
+) -> list[bool]:
+    """Read-ahead of small objects, whole: ``(get_target, size, sink)`` each, received one after
+    another in ONE worker-thread job (a ``cp -r`` of a folder of small files: one job and one
+    hand-off per batch instead of a task, a thread job and their hand-offs per file). Best
+    effort, without retries: an item is True when its ``size`` bytes all reached its sink; any
+    other answer, error or cut is False, and the object's own read then fetches it through
+    :func:`download_range` (retries, fresh links, error classification)."""
+    provider = split_call(call)[0]
+    jobs: list[tuple[Target, int, RangeSink, Attempt] | None] = []
+    for get_target, size, sink in items:
+        try:
+            target = await get_target(False)  # prepared ahead (KooDrive links): no call
+        except ProviderError as exc:
+            log.debug("%s: no target for a read-ahead: %s", call, exc)
+            jobs.append(None)
+            continue
+        jobs.append((target, size, sink, Attempt(provider)))
+
+    def run() -> list[bool]:
+        done: list[bool] = []
+        for job in jobs:
+            if job is None:
+                done.append(False)
+                continue
+            target, size, sink, attempt = job
+            try:
+                answer = bulk.get_into(
+                    target.url, target.params, dict(target.headers), 0, size, sink, attempt,
+                    sniff_json, size,
+                )  # fmt: skip
+            except Stopped:
+                raise
+            except (OSError, http.client.HTTPException, ValueError, ProviderError) as exc:
+                log.debug("%s: read-ahead GET failed: %s", call, exc)
+                done.append(False)
+                continue
+            done.append(
+                answer.status in (200, 206)
+                and not answer.body
+                and not answer.bad_range
+                and answer.received == size
+            )
+        return done
+
+    try:
+        done = await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+    except BaseException:
+        for job in jobs:
+            if job is not None:
+                job[3].stop()  # the thread stops at its next receive
+        raise
+    finally:
+        for job in jobs:
+            if job is not None and job[3].status is not None:
+                record_request(call, job[3].status)
+    return done
 
 
 def _refresh_or_raise(exc: _Stale, in_a_row: int, call: str, pos: int) -> None:

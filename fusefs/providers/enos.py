@@ -20,7 +20,7 @@ import json
 import logging
 import posixpath
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +37,7 @@ from fusefs.providers._http import (
     DEFAULT_RETRY,
     RetryPolicy,
     Target,
+    download_batch,
     download_range,
     error_for_status,
     gather_limited,
@@ -850,6 +851,20 @@ class EnosProvider:
                 await gen.aclose()  # type: ignore[attr-defined]
 
         return cm()
+
+    async def fetch_batch(self, items: Sequence[tuple[ObjectRef, RangeSink]]) -> list[bool]:
+        """Read-ahead of small files, whole, in one worker-thread job (``download_batch``)."""
+        done = [False] * len(items)
+        by_call: dict[str, list[int]] = {}  # attribute files and firmware: one job each
+        specs = [self._download_spec(ref) for ref, _ in items]
+        for i, spec in enumerate(specs):
+            by_call.setdefault(spec.call, []).append(i)
+        for call, idx in by_call.items():
+            targets = [(specs[i].get_target, items[i][0].size or 0, items[i][1]) for i in idx]
+            got = await download_batch(self._bulk, call, targets, sniff_json=True)
+            for i, ok in zip(idx, got, strict=True):
+                done[i] = ok
+        return done
 
     async def fetch_range(self, ref: ObjectRef, offset: int, length: int, sink: RangeSink) -> None:
         """Bytes ``[offset, offset+length)`` into ``sink``, received off the event loop."""

@@ -43,6 +43,7 @@ from fusefs.providers._http import (
     DEFAULT_RETRY,
     RetryPolicy,
     Target,
+    download_batch,
     download_range,
     error_for_status,
     map_http_errors,
@@ -705,6 +706,11 @@ class KoodriveProvider:
                 await gen.aclose()  # type: ignore[attr-defined]
 
         return cm()
+
+    async def fetch_batch(self, items: Sequence[tuple[ObjectRef, RangeSink]]) -> list[bool]:
+        """Read-ahead of small files, whole, in one worker-thread job (``download_batch``)."""
+        targets = [(self._link_target(ref), ref.size or 0, sink) for ref, sink in items]
+        return await download_batch(self._bulk, "koodrive.obsGet", targets)
 
     async def fetch_range(self, ref: ObjectRef, offset: int, length: int, sink: RangeSink) -> None:
         """Bytes ``[offset, offset+length)`` into ``sink``, received off the event loop."""

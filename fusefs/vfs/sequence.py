@@ -19,6 +19,10 @@ downloads the next small files of the folder before they are opened, several at 
   ``BlockCache.prefetch`` (one ranged request each); bigger files are skipped (their own
   per-handle read-ahead serves them) and do not break the sequence. Whole-object and one-shot
   providers (IoTDA, ROMA) are left alone.
+- **Batches.** Files small enough for ``BlockCache.batchable`` are fetched ``BATCH_FILES`` at a
+  time in one job of their provider (``BlockCache.fetch_batch``): one task and one thread job
+  per batch rather than per file. A batch starts when full, when its first file is near the
+  reader, or at the end of the folder; a sequence that stops cancels its batches.
 - **Concurrency.** At most ``Capabilities.max_concurrency`` read-ahead downloads per provider
   at once (a ``trio.CapacityLimiter`` per provider, FIFO, so files arrive in sequence order).
 - **Links.** Providers with an optional ``prepare_reads(refs)`` (KooDrive: presigned links, ≤100
@@ -57,6 +61,7 @@ MAX_BYTES_AHEAD = 32 << 20  # bytes of files queued beyond the one just opened
 PREPARE_AHEAD = 200  # files whose links (or the like) are asked for ahead of the downloads
 PREPARE_STEP = 100  # ... in groups of this many positions (KooDrive: links per call)
 MAX_FOLDERS = 32  # folders whose orders are kept (LRU)
+BATCH_FILES = 8  # small files read ahead in one job of their provider (BlockCache.fetch_batch)
 
 
 class _Order:
@@ -85,6 +90,9 @@ class _Folder:
     bytes_ahead: int = 0
     prepared_to: int = -1
     preparing: bool = False
+    # small files queued, not yet started: (position, object), fetched BATCH_FILES at a time
+    batch: list[tuple[int, CachedObject]] = field(default_factory=list)
+    running: set[trio.CancelScope] = field(default_factory=set)  # batches under way
 
 
 @dataclass
@@ -239,6 +247,9 @@ class FolderReadAhead:
         folder.queued.clear()
         folder.bytes_ahead = 0
         folder.prepared_to = -1
+        folder.batch.clear()
+        for scope in folder.running:  # a batch's files not received yet are not wanted now
+            scope.cancel()
 
     # -- scheduling --------------------------------------------------------------------------
     def _advance(self, folder: _Folder, provider: Provider) -> None:
@@ -270,6 +281,11 @@ class FolderReadAhead:
             folder.queued.append((position, size))
             folder.bytes_ahead += size
             self.counters.queued += 1
+            if self.cache.batchable(obj):
+                folder.batch.append((position, obj))
+                if len(folder.batch) >= BATCH_FILES:
+                    self._start_batch(folder)
+                continue
             trio.lowlevel.spawn_system_task(
                 self._fetch,
                 folder,
@@ -278,7 +294,21 @@ class FolderReadAhead:
                 obj,
                 name=f"read-ahead {obj.ref.key}",
             )
+        if folder.batch and (
+            folder.batch[0][0] - cursor <= BATCH_FILES or folder.ahead_to >= len(order.inos) - 1
+        ):
+            self._start_batch(folder)  # needed soon, or the folder's last files
         self._prepare(folder, provider)
+
+    def _start_batch(self, folder: _Folder) -> None:
+        batch, folder.batch = folder.batch, []
+        trio.lowlevel.spawn_system_task(
+            self._fetch_batch,
+            folder,
+            folder.generation,
+            batch,
+            name=f"read-ahead {len(batch)} files from {batch[0][1].ref.key}",
+        )
 
     def _prepare(self, folder: _Folder, provider: Provider) -> None:
         """Tell the provider which files come next (links in batches), ahead of the fetches.
@@ -344,6 +374,53 @@ class FolderReadAhead:
         finally:
             folder.preparing = False
 
+    def _started(self, c: ReadAheadCounters, provider: Provider) -> None:
+        c.active += 1
+        if c.active > c.max_active:
+            c.max_active = c.active
+            log.debug(
+                "read-ahead: %d downloads at once (limit %d for %s)",
+                c.active,
+                self.limiter(provider).total_tokens,
+                provider.name,
+            )
+
+    async def _fetch_batch(
+        self, folder: _Folder, generation: int, batch: list[tuple[int, CachedObject]]
+    ) -> None:
+        """Small files ahead of the reader, in one job of their provider (``fetch_batch``)."""
+        c = self.counters
+        scope = trio.CancelScope()  # cancelled when the sequence stops (``_stop``)
+        folder.running.add(scope)
+        try:
+            with scope:
+                async with self.limiter(batch[0][1].provider):
+                    order = folder.active
+                    if folder.generation != generation or order is None:
+                        c.skipped += len(batch)
+                        return
+                    objs = [obj for position, obj in batch if position > order.last]
+                    c.skipped += len(batch) - len(objs)
+                    if not objs:
+                        return
+                    self._started(c, objs[0].provider)  # a batch: one download at a time
+                    try:
+                        got = await self.cache.fetch_batch(objs)
+                    finally:
+                        c.active -= 1
+                    c.fetched += got
+                    c.failed += len(objs) - got
+            if scope.cancelled_caught:
+                c.skipped += len(batch)
+        except ProviderError as exc:
+            c.failed += len(batch)
+            log.debug("read-ahead of %d files failed: %s", len(batch), exc)
+        except Exception:
+            c.failed += len(batch)
+            log.exception("read-ahead of %d files failed unexpectedly", len(batch))
+        finally:
+            folder.running.discard(scope)
+
     async def _fetch(
         self, folder: _Folder, generation: int, position: int, obj: CachedObject
     ) -> None:
@@ -356,15 +433,7 @@ class FolderReadAhead:
                 if folder.generation != generation or order is None or order.last >= position:
                     c.skipped += 1  # the sequence ended, or the reader got here first
                     return
-                c.active += 1
-                if c.active > c.max_active:
-                    c.max_active = c.active
-                    log.debug(
-                        "read-ahead: %d downloads at once (limit %d for %s)",
-                        c.active,
-                        limiter.total_tokens,
-                        obj.provider.name,
-                    )
+                self._started(c, obj.provider)
                 try:
                     n = cache.nblocks(obj)
                     # starts what is neither present nor in flight; then wait for all of it

@@ -120,6 +120,42 @@ def test_cp_r_links_in_batches_gets_overlap_each_file_once(
         assert "read in order" in m.log_text()
 
 
+def test_cp_r_with_faults_in_the_read_ahead_batches_is_exact(
+    world_tiny: Path, emulator: Emulator, workdir: Path
+) -> None:
+    """Small files are read ahead several per job, without retries: a GET of a batch that
+    fails (an error status, a reset, a cut, a body of the wrong length) leaves that file to its
+    own read, which fetches it with retries. Every byte still comes out exact, nothing fails."""
+    cid = personal_container(world_tiny)
+    expected = make_folder(emulator, cid, "faulty-200", 200)
+    with mounted(world_tiny, emulator.url, workdir) as m:
+        src = m.path / "koodrive" / cid / "faulty-200"
+        assert len(list(src.iterdir())) == 200
+        rules = [
+            {"route": OBS, "kind": "error", "status": 503, "rate": 0.1},
+            {"route": OBS, "kind": "reset", "after_bytes": 10, "rate": 0.05},
+            {"route": OBS, "kind": "truncate", "after_bytes": 1, "rate": 0.05},
+            {"route": OBS, "kind": "resize", "delta": -1, "rate": 0.05},
+        ]
+        emulator.set_faults({"rules": rules, "seed": 7})
+        emulator.reset_stats()
+        r = run("cp", "-r", str(src), str(workdir / "copy"))
+        assert r.returncode == 0, r.stderr
+        assert md5_tree(workdir / "copy") == expected
+        stats = raw_stats(emulator)
+        # some GETs failed (else this test shows nothing), and were made again by the reads
+        failed = sum(n for code, n in stats["statuses"][OBS].items() if code != "206")
+        assert failed >= 5, stats["statuses"]
+        assert stats["requests"][OBS] > 199, stats["requests"]
+        assert "read in order" in m.log_text()
+    with mounted(world_tiny, emulator.url, workdir) as m:  # all of it was persisted, exact
+        emulator.set_faults({"rules": []})
+        emulator.reset_stats()
+        src = m.path / "koodrive" / cid / "faulty-200"
+        assert md5_tree(src) == expected
+        assert raw_stats(emulator)["requests"].get(OBS, 0) == 0
+
+
 def test_cp_r_of_the_worlds_folder_is_identical_with_one_get_per_file(
     world_tiny: Path, emulator: Emulator, workdir: Path
 ) -> None:
