@@ -304,9 +304,13 @@ class BlockCache:
         # read-ahead fetches by the reader that started them: abandoned when it closes
         self._owned: dict[Hashable, set[_Fetch]] = {}
         self.abandoned = 0  # fetches cancelled because their reader went away
-        # the sequential readers now (FileReader), sharing ``read_ahead_total`` between them
+        # the sequential readers now (FileReader): one alone has ``read_ahead_total``; several
+        # share ``read_ahead_parallel``, what the memory LRU holds, so that their read-ahead is
+        # still in memory when they read it (read-ahead that left the LRU is read back from the
+        # cache file: with 4 streams sharing 128 MiB, about half the bytes were)
         self.streams: weakref.WeakSet[object] = weakref.WeakSet()
         self.read_ahead_total = max_read_ahead
+        self.read_ahead_parallel = min(max_read_ahead, self._mem_cap)
         self._whole: dict[str, _WholeFetch] = {}
         self._objects: OrderedDict[str, CachedObject] = OrderedDict()
         # every view still referenced (an open file, a fetch): one view per object, always
@@ -639,7 +643,10 @@ class BlockCache:
         for _attempt in range(4):
             data = self._mem.get(key)
             if data is not None:
-                self._mem.move_to_end(key)
+                # read to its end: its reader is done with it (a re-read comes from the kernel's
+                # page cache of the mount), so it leaves the LRU first, before the read-ahead
+                # nobody has read yet (else parallel streams read much of theirs back from disk)
+                self._mem.move_to_end(key, last=hi < len(data))
             else:
                 data = self._pending.get(key)
             if data is not None:

@@ -41,8 +41,11 @@ class FileReader:
         if sequential:
             streams.add(self)
             # readers share the read-ahead: 8 readers with a full window each would keep
-            # 512 MiB in flight, their next blocks behind everyone's far read-ahead
-            share = max(_MIN_SHARE, self.cache.read_ahead_total // max(1, len(streams)))
+            # 512 MiB in flight, their next blocks behind everyone's far read-ahead; several
+            # share what the memory LRU holds (BlockCache.read_ahead_parallel)
+            n = len(streams)
+            total = self.cache.read_ahead_total if n <= 1 else self.cache.read_ahead_parallel
+            share = max(_MIN_SHARE, total // n)
             cap = min(self.max_window_blocks, share // self.cache.block_size)
             self.window = min(max(self.window * 2, 1), max(1, cap))
         else:

@@ -326,6 +326,58 @@ async def test_a_file_system_without_o_direct_falls_back_to_buffered_writes(
     assert len(refusals) == 1  # said once, not once per block
 
 
+async def test_blocks_read_to_their_end_leave_the_memory_lru_first(cache: BlockCache) -> None:
+    """The LRU of fresh blocks (4 blocks here) gives up a block its reader has read to the end
+    before the read-ahead not read yet: parallel streams otherwise read much of their own
+    read-ahead back from the cache file (a thread, a disk read and CRC checks per block)."""
+    p = FakeProvider()
+    ref = p.add("lru", 8 * BS)
+    obj = cache.object(p, ref)
+    want = object_bytes("lru", 8 * BS)
+    with trio.fail_after(10):
+        cache.prefetch(obj, 0, 3)
+        await cache._flights[(obj.oid, 3)][0].event.wait()  # blocks 0-3 arrived
+        await cache.flush(obj.oid)
+        assert [i for _, i in cache._mem] == [0, 1, 2, 3]
+        assert await cache.read_block(obj, 2, 0, 100) == want[2 * BS : 2 * BS + 100]
+        assert await cache.read_block(obj, 0, 0, BS) == want[:BS]  # read to its end
+        cache.prefetch(obj, 4, 4)  # the read-ahead goes on: one block to make room for
+        await cache._flights[(obj.oid, 4)][0].event.wait()
+        await cache.flush(obj.oid)
+    # block 0 (read) went first, not block 1, the least recently used one not read
+    assert [i for _, i in cache._mem] == [1, 3, 2, 4]
+    assert len(p.requests) == 2
+
+
+async def test_parallel_sequential_streams_share_what_the_memory_lru_holds(tmp_path: Path) -> None:
+    """One sequential stream's window grows to 64 MiB; several share what the LRU of fresh
+    blocks holds (an eighth of the memory budget: 32 MiB here), never less than 8 MiB each, so
+    their read-ahead is still in memory when they read it (not read back from the cache file)."""
+    from fusefs.providers.base import ObjectRef
+
+    mib = 1 << 20
+    c = BlockCache(tmp_path / "c", block_size=mib, memory_budget=256 * mib, min_free_ratio=0)
+    p = FakeProvider()
+    readers = [
+        FileReader(c, c.object(p, ObjectRef(p.name, f"s{i}", "v1", 1 << 40))) for i in range(8)
+    ]
+
+    def advance(r: FileReader, times: int) -> None:
+        for _ in range(times):
+            r._note_access(r.next_offset, r.next_offset + mib)
+
+    advance(readers[0], 10)
+    assert readers[0].window * mib == 64 * mib  # alone
+    advance(readers[1], 10)
+    advance(readers[0], 1)
+    assert [r.window * mib for r in readers[:2]] == [16 * mib, 16 * mib]  # 32 MiB for two
+    for r in readers[2:]:
+        advance(r, 10)
+    for r in readers:
+        advance(r, 1)
+    assert {r.window * mib for r in readers} == {8 * mib}  # 32 MiB / 8 < 8 MiB: the floor
+
+
 async def test_a_huge_listed_size_costs_nothing_per_query(cache: BlockCache) -> None:
     """Issue 9: cached_bytes (fusefs info, getxattr, read-ahead checks) is O(blocks cached),
     never O(listed size): 10^15 bytes = 15 billion blocks of 64 KiB here."""
