@@ -304,13 +304,13 @@ class BlockCache:
         # read-ahead fetches by the reader that started them: abandoned when it closes
         self._owned: dict[Hashable, set[_Fetch]] = {}
         self.abandoned = 0  # fetches cancelled because their reader went away
-        # the sequential readers now (FileReader): one alone has ``read_ahead_total``; several
-        # share ``read_ahead_parallel``, what the memory LRU holds, so that their read-ahead is
-        # still in memory when they read it (read-ahead that left the LRU is read back from the
-        # cache file: with 4 streams sharing 128 MiB, about half the bytes were)
+        # the sequential readers now (FileReader), sharing ``read_ahead_total``: at most what
+        # the memory LRU holds, so that read-ahead is still in memory when its reader comes
+        # (read-ahead that left the LRU is read back from the cache file: a worker thread, a
+        # disk read and CRC checks per block; with 4 streams sharing 128 MiB about half the
+        # bytes were, with one stream's 64 MiB window a third)
         self.streams: weakref.WeakSet[object] = weakref.WeakSet()
-        self.read_ahead_total = max_read_ahead
-        self.read_ahead_parallel = min(max_read_ahead, self._mem_cap)
+        self.read_ahead_total = min(max_read_ahead, self._mem_cap)
         self._whole: dict[str, _WholeFetch] = {}
         self._objects: OrderedDict[str, CachedObject] = OrderedDict()
         # every view still referenced (an open file, a fetch): one view per object, always
@@ -763,12 +763,12 @@ class BlockCache:
             return 0
         total = sum(sink.end or 0 for _, _, sink in items)
         reserved = 0
-        done: list[bool] = []
         try:
             reserved = await self.budget.acquire(total)
             self.counters.fetches += len(items)
             provider = items[0][0].provider
-            done = await provider.fetch_batch(  # type: ignore[attr-defined]
+            # what arrived is what the sinks got whole; the provider's answers only say why not
+            await provider.fetch_batch(  # type: ignore[attr-defined]
                 [(obj.ref, sink) for obj, _, sink in items]
             )
         except Exception as exc:
@@ -776,12 +776,12 @@ class BlockCache:
         finally:
             self.budget.release(reserved)
             arrived = 0
-            for i, (obj, flights, sink) in enumerate(items):
-                if i < len(done) and done[i] and sink.received_bytes == sink.end:
+            for obj, flights, sink in items:
+                if sink.received_bytes == sink.end:  # handed over whole: served and written
                     arrived += 1
                     continue
                 self._fail(obj, flights, None)  # a waiting read fetches it itself
-                if sink.meta is not None and not sink.received_bytes:
+                if sink.meta is not None:  # never written: the next fetch writes it
                     obj.meta_saved = False
         return arrived
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 _BACK_SLACK = 1 << 20
 _FORWARD_SLACK = 2 << 20
 # the least read-ahead a sequential reader keeps, however many share the total
-_MIN_SHARE = 8 << 20
+_MIN_SHARE = 4 << 20
 
 
 class FileReader:
@@ -41,11 +41,9 @@ class FileReader:
         if sequential:
             streams.add(self)
             # readers share the read-ahead: 8 readers with a full window each would keep
-            # 512 MiB in flight, their next blocks behind everyone's far read-ahead; several
-            # share what the memory LRU holds (BlockCache.read_ahead_parallel)
-            n = len(streams)
-            total = self.cache.read_ahead_total if n <= 1 else self.cache.read_ahead_parallel
-            share = max(_MIN_SHARE, total // n)
+            # 512 MiB in flight, their next blocks behind everyone's far read-ahead; they share
+            # what the memory LRU holds (BlockCache.read_ahead_total)
+            share = max(_MIN_SHARE, self.cache.read_ahead_total // len(streams))
             cap = min(self.max_window_blocks, share // self.cache.block_size)
             self.window = min(max(self.window * 2, 1), max(1, cap))
         else:

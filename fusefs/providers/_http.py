@@ -688,15 +688,19 @@ async def download_batch(
     other answer, error or cut is False, and the object's own read then fetches it through
     :func:`download_range` (retries, fresh links, error classification)."""
     provider = split_call(call)[0]
-    jobs: list[tuple[Target, int, RangeSink, Attempt] | None] = []
-    for get_target, size, sink in items:
+    jobs: list[tuple[Target, int, RangeSink, Attempt] | None] = [None] * len(items)
+
+    async def resolve(i: int, get_target: GetTarget, size: int, sink: RangeSink) -> None:
         try:
             target = await get_target(False)  # prepared ahead (KooDrive links): no call
         except ProviderError as exc:
             log.debug("%s: no target for a read-ahead: %s", call, exc)
-            jobs.append(None)
-            continue
-        jobs.append((target, size, sink, Attempt(provider)))
+            return
+        jobs[i] = (target, size, sink, Attempt(provider))
+
+    async with trio.open_nursery() as nursery:  # at once: links not prepared share one call
+        for i, (get_target, size, sink) in enumerate(items):
+            nursery.start_soon(resolve, i, get_target, size, sink)
 
     def run() -> list[bool]:
         done: list[bool] = []

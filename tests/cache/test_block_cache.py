@@ -349,17 +349,18 @@ async def test_blocks_read_to_their_end_leave_the_memory_lru_first(cache: BlockC
     assert len(p.requests) == 2
 
 
-async def test_parallel_sequential_streams_share_what_the_memory_lru_holds(tmp_path: Path) -> None:
-    """One sequential stream's window grows to 64 MiB; several share what the LRU of fresh
-    blocks holds (an eighth of the memory budget: 32 MiB here), never less than 8 MiB each, so
-    their read-ahead is still in memory when they read it (not read back from the cache file)."""
+async def test_sequential_streams_share_what_the_memory_lru_holds(tmp_path: Path) -> None:
+    """The read-ahead of all sequential streams together is at most what the LRU of fresh
+    blocks holds (an eighth of the memory budget: 32 MiB here), never less than 4 MiB each, so
+    it is still in memory when its reader comes (not read back from the cache file)."""
     from fusefs.providers.base import ObjectRef
 
     mib = 1 << 20
     c = BlockCache(tmp_path / "c", block_size=mib, memory_budget=256 * mib, min_free_ratio=0)
+    assert c.read_ahead_total == 32 * mib
     p = FakeProvider()
     readers = [
-        FileReader(c, c.object(p, ObjectRef(p.name, f"s{i}", "v1", 1 << 40))) for i in range(8)
+        FileReader(c, c.object(p, ObjectRef(p.name, f"s{i}", "v1", 1 << 40))) for i in range(16)
     ]
 
     def advance(r: FileReader, times: int) -> None:
@@ -367,15 +368,25 @@ async def test_parallel_sequential_streams_share_what_the_memory_lru_holds(tmp_p
             r._note_access(r.next_offset, r.next_offset + mib)
 
     advance(readers[0], 10)
-    assert readers[0].window * mib == 64 * mib  # alone
+    assert readers[0].window * mib == 32 * mib  # alone: the whole LRU, not its 64 MiB cap
     advance(readers[1], 10)
     advance(readers[0], 1)
     assert [r.window * mib for r in readers[:2]] == [16 * mib, 16 * mib]  # 32 MiB for two
-    for r in readers[2:]:
+    for r in readers[2:8]:
+        advance(r, 10)
+    for r in readers[:8]:
+        advance(r, 1)
+    assert {r.window * mib for r in readers[:8]} == {4 * mib}  # 32 MiB / 8
+    for r in readers[8:]:
         advance(r, 10)
     for r in readers:
         advance(r, 1)
-    assert {r.window * mib for r in readers} == {8 * mib}  # 32 MiB / 8 < 8 MiB: the floor
+    assert {r.window * mib for r in readers} == {4 * mib}  # 32 MiB / 16 < 4 MiB: the floor
+    readers[0].close()
+    for r in readers[1:8]:
+        r.close()
+    advance(readers[8], 1)
+    assert readers[8].window * mib == 4 * mib  # 8 left: 32 MiB / 8
 
 
 async def test_a_huge_listed_size_costs_nothing_per_query(cache: BlockCache) -> None:
