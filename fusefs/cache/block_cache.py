@@ -270,9 +270,12 @@ class _Sink:
     ) -> None:
         """On the event loop, after the writer thread wrote a unit (``crcs`` None: it could not;
         ``recorded``: the thread wrote the block's record too)."""
-        if self.meta is not None and crcs is not None:
-            self.cache.store.remember_meta(self.obj.oid, self.meta)
-            self.meta = None
+        if self.meta is not None:
+            if crcs is not None:
+                self.cache.store.remember_meta(self.obj.oid, self.meta)
+                self.meta = None
+            else:  # not written (meta.json maybe neither): the next fetch writes it
+                self.obj.meta_saved = False
         self.cache._committed(self.obj, start, data, crcs, recorded=recorded)
 
 
@@ -635,8 +638,12 @@ class BlockCache:
             parts.append(await self.read_block(obj, index, lo, hi))
         return b"".join(parts)
 
-    async def read_block(self, obj: CachedObject, index: int, lo: int, hi: int) -> memoryview:
-        """Bytes [lo, hi) of block ``index``, verified, fetching what is missing."""
+    async def read_block(
+        self, obj: CachedObject, index: int, lo: int, hi: int, *, reader: bool = True
+    ) -> memoryview:
+        """Bytes [lo, hi) of block ``index``, verified, fetching what is missing. ``reader``:
+        a read for a file's reader (a block it reads to its end leaves the LRU first), not
+        read-ahead waiting for its block."""
         key = (obj.oid, index)
         store = self.store
         waited = False
@@ -646,7 +653,7 @@ class BlockCache:
                 # read to its end: its reader is done with it (a re-read comes from the kernel's
                 # page cache of the mount), so it leaves the LRU first, before the read-ahead
                 # nobody has read yet (else parallel streams read much of theirs back from disk)
-                self._mem.move_to_end(key, last=hi < len(data))
+                self._mem.move_to_end(key, last=not reader or hi < len(data))
             else:
                 data = self._pending.get(key)
             if data is not None:
@@ -712,7 +719,9 @@ class BlockCache:
         """The verified bytes of one whole block (fetching it if needed)."""
         if obj.size is None:
             await self.wait_whole(obj)
-        return bytes(await self.read_block(obj, index, 0, self._block_len(obj, index)))
+        return bytes(
+            await self.read_block(obj, index, 0, self._block_len(obj, index), reader=False)
+        )
 
     # -- fetching ----------------------------------------------------------------------------
     def prefetch(
@@ -741,14 +750,17 @@ class BlockCache:
             and getattr(obj.provider, "fetch_batch", None) is not None
         )
 
-    async def fetch_batch(self, objs: Sequence[CachedObject]) -> int:
+    async def fetch_batch(
+        self, objs: Sequence[CachedObject], stop: threading.Event | None = None
+    ) -> int:
         """Read small files ahead, whole, with one request each, all in one worker-thread job of
         their provider (``cp -r`` of a folder: the per-file tasks, thread jobs and hand-offs of
         :meth:`prefetch` cost more of the event loop than the bytes). Each file is then served
         and persisted as any fetched block. Best effort: a file that fails is left to its own
         read (which fetches it with retries); a read already waiting for it looks again.
         Returns how many files arrived. Every ``obj`` must be :meth:`batchable`, of one
-        provider."""
+        provider. ``stop`` set (the reader left the sequence): the GETs not started yet are not
+        sent, the one under way finishes."""
         items: list[tuple[CachedObject, list[tuple[int, _Flight]], _Sink]] = []
         for obj in objs:
             assert obj.size is not None
@@ -769,7 +781,7 @@ class BlockCache:
             provider = items[0][0].provider
             # what arrived is what the sinks got whole; the provider's answers only say why not
             await provider.fetch_batch(  # type: ignore[attr-defined]
-                [(obj.ref, sink) for obj, _, sink in items]
+                [(obj.ref, sink) for obj, _, sink in items], stop
             )
         except Exception as exc:
             log.debug("read-ahead batch of %d files failed: %s", len(items), exc)

@@ -261,8 +261,9 @@ class BlockStore:
 
     def write_meta_file(self, oid: str, meta: ObjectMeta) -> None:
         """File IO only (thread-safe): meta.json, 0600. A new object's is written in place (a
-        torn one, after a crash, is unreadable JSON: dropped with its object at the next scan);
-        one that exists is replaced through a temp file and a rename, never torn."""
+        torn one, after a crash, is unreadable JSON: deleted when read, with a warning, and
+        written again by the object's next fetch; its blocks stay valid, checked by their
+        CRCs); one that exists is replaced through a temp file and a rename, never torn."""
         d = self._dir(oid)
         text = json.dumps(asdict(meta))
         path = os.path.join(d, "meta.json")
@@ -589,9 +590,12 @@ class BlockStore:
         """Trim unpinned blocks (least recently used first) to the cap; returns bytes freed."""
         freed = 0
         # while evicting for free space, every answer fresh: the punched holes count at once
+        for_space = 0  # bytes evicted for free space (not for the cap)
         while self._lru and (
-            self.unpinned_bytes > self.max_bytes or self._disk_too_full(fresh=freed > 0)
+            self.unpinned_bytes > self.max_bytes or self._disk_too_full(fresh=for_space > 0)
         ):
+            if self.unpinned_bytes <= self.max_bytes:
+                for_space += 1
             (oid, index), size = self._lru.popitem(last=False)
             if (oid, index) == keep and not self._lru:
                 self._lru[(oid, index)] = size

@@ -30,6 +30,7 @@ import logging
 import random
 import socket
 import ssl
+import threading
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -49,7 +50,14 @@ import trio
 
 from fusefs import metrics
 from fusefs.logs import excerpt
-from fusefs.providers._bulk import MAX_JSON_BODY, Attempt, BulkClient, Stopped, content_range
+from fusefs.providers._bulk import (
+    MAX_JSON_BODY,
+    Answer,
+    Attempt,
+    BulkClient,
+    Stopped,
+    content_range,
+)
 from fusefs.providers.base import (
     AuthError,
     ObjectNotFound,
@@ -679,14 +687,17 @@ async def download_batch(
     call: str,
     items: Sequence[tuple[GetTarget, int, RangeSink]],
     *,
-    sniff_json: bool = False,
+    json_error: Callable[[bytes], ProviderError | None] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[bool]:
     """Read-ahead of small objects, whole: ``(get_target, size, sink)`` each, received one after
     another in ONE worker-thread job (a ``cp -r`` of a folder of small files: one job and one
     hand-off per batch instead of a task, a thread job and their hand-offs per file). Best
     effort, without retries: an item is True when its ``size`` bytes all reached its sink; any
     other answer, error or cut is False, and the object's own read then fetches it through
-    :func:`download_range` (retries, fresh links, error classification)."""
+    :func:`download_range` (retries, fresh links, error classification). ``stop`` set: the
+    GETs not started yet are not sent (the one under way finishes). ``json_error``: JSON
+    answers are sniffed (EnOS error envelopes); one that is not an error is the file's bytes."""
     provider = split_call(call)[0]
     jobs: list[tuple[Target, int, RangeSink, Attempt] | None] = [None] * len(items)
 
@@ -709,11 +720,17 @@ async def download_batch(
                 done.append(False)
                 continue
             target, size, sink, attempt = job
+            if stop is not None and stop.is_set():
+                done.append(False)
+                continue
             try:
                 answer = bulk.get_into(
                     target.url, target.params, dict(target.headers), 0, size, sink, attempt,
-                    sniff_json, size,
+                    json_error is not None, size,
                 )  # fmt: skip
+                if answer.body and _json_content(answer, size, json_error):
+                    _feed_whole(sink, answer.body)
+                    answer.received, answer.body = size, b""
             except Stopped:
                 raise
             except (OSError, http.client.HTTPException, ValueError, ProviderError) as exc:
@@ -740,6 +757,32 @@ async def download_batch(
             if job is not None and job[3].status is not None:
                 record_request(call, job[3].status)
     return done
+
+
+def _json_content(
+    answer: Answer, size: int, json_error: Callable[[bytes], ProviderError | None] | None
+) -> bool:
+    """A JSON answer of a batch that is the object's own bytes (not an error envelope)."""
+    return (
+        json_error is not None
+        and answer.status in (200, 206)
+        and not answer.bad_range
+        and len(answer.body) == size
+        and size < MAX_JSON_BODY
+        and json_error(answer.body) is None
+    )
+
+
+def _feed_whole(sink: RangeSink, body: bytes) -> None:
+    """In the worker thread: a whole small body into ``sink`` (which takes it as received)."""
+    data = memoryview(body)
+    pos = 0
+    while pos < len(data):
+        view = sink.buffer(pos)
+        n = min(len(view), len(data) - pos)
+        view[:n] = data[pos : pos + n]
+        sink.received(pos, n)
+        pos += n
 
 
 def _refresh_or_raise(exc: _Stale, in_a_row: int, call: str, pos: int) -> None:

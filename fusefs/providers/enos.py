@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import posixpath
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -852,7 +853,9 @@ class EnosProvider:
 
         return cm()
 
-    async def fetch_batch(self, items: Sequence[tuple[ObjectRef, RangeSink]]) -> list[bool]:
+    async def fetch_batch(
+        self, items: Sequence[tuple[ObjectRef, RangeSink]], stop: threading.Event | None = None
+    ) -> list[bool]:
         """Read-ahead of small files, whole, in one worker-thread job (``download_batch``)."""
         done = [False] * len(items)
         by_call: dict[str, list[int]] = {}  # attribute files and firmware: one job each
@@ -861,7 +864,9 @@ class EnosProvider:
             by_call.setdefault(spec.call, []).append(i)
         for call, idx in by_call.items():
             targets = [(specs[i].get_target, items[i][0].size or 0, items[i][1]) for i in idx]
-            got = await download_batch(self._bulk, call, targets, sniff_json=True)
+            got = await download_batch(
+                self._bulk, call, targets, json_error=specs[idx[0]].json_error, stop=stop
+            )
             for i, ok in zip(idx, got, strict=True):
                 done[i] = ok
         return done

@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -707,10 +708,12 @@ class KoodriveProvider:
 
         return cm()
 
-    async def fetch_batch(self, items: Sequence[tuple[ObjectRef, RangeSink]]) -> list[bool]:
+    async def fetch_batch(
+        self, items: Sequence[tuple[ObjectRef, RangeSink]], stop: threading.Event | None = None
+    ) -> list[bool]:
         """Read-ahead of small files, whole, in one worker-thread job (``download_batch``)."""
         targets = [(self._link_target(ref), ref.size or 0, sink) for ref, sink in items]
-        return await download_batch(self._bulk, "koodrive.obsGet", targets)
+        return await download_batch(self._bulk, "koodrive.obsGet", targets, stop=stop)
 
     async def fetch_range(self, ref: ObjectRef, offset: int, length: int, sink: RangeSink) -> None:
         """Bytes ``[offset, offset+length)`` into ``sink``, received off the event loop."""

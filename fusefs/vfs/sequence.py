@@ -22,7 +22,8 @@ downloads the next small files of the folder before they are opened, several at 
 - **Batches.** Files small enough for ``BlockCache.batchable`` are fetched ``BATCH_FILES`` at a
   time in one job of their provider (``BlockCache.fetch_batch``): one task and one thread job
   per batch rather than per file. A batch starts when full, when its first file is near the
-  reader, or at the end of the folder; a sequence that stops cancels its batches.
+  reader, or at the end of the folder; when the sequence stops, its batches send no further
+  GET (a refreshed listing keeps them going).
 - **Concurrency.** At most ``Capabilities.max_concurrency`` read-ahead downloads per provider
   at once (a ``trio.CapacityLimiter`` per provider, FIFO, so files arrive in sequence order).
 - **Links.** Providers with an optional ``prepare_reads(refs)`` (KooDrive: presigned links, ≤100
@@ -39,6 +40,7 @@ Tasks run as trio system tasks (nothing to start in ``mount.py``); every one cat
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -92,7 +94,8 @@ class _Folder:
     preparing: bool = False
     # small files queued, not yet started: (position, object), fetched BATCH_FILES at a time
     batch: list[tuple[int, CachedObject]] = field(default_factory=list)
-    running: set[trio.CancelScope] = field(default_factory=set)  # batches under way
+    # batches under way: set when the sequence stops (their GETs not sent yet are dropped)
+    running: set[threading.Event] = field(default_factory=set)
 
 
 @dataclass
@@ -208,8 +211,8 @@ class FolderReadAhead:
             self._folders.move_to_end(parent.ino)
             return folder
         old = folder
-        if old is not None:
-            self._stop(old)  # a new listing: positions changed
+        if old is not None:  # a new listing: positions changed; batches under way go on
+            self._stop(old, batches=False)
         assert parent.children is not None
         nodes = self.tree.nodes
         by_name = [
@@ -231,13 +234,15 @@ class FolderReadAhead:
                     if at is not None:
                         new.last, new.run = at, prev.run
         folder = _Folder(parent.ino, parent.children, orders)
+        if old is not None:
+            folder.running = old.running  # shared: each batch leaves it when done
         self._folders[parent.ino] = folder
         while len(self._folders) > MAX_FOLDERS:
             _, old = self._folders.popitem(last=False)
             self._stop(old)
         return folder
 
-    def _stop(self, folder: _Folder) -> None:
+    def _stop(self, folder: _Folder, *, batches: bool = True) -> None:
         if folder.active is not None:
             log.debug("read-ahead: sequence in inode %d ended", folder.ino)
         folder.active = None
@@ -248,8 +253,9 @@ class FolderReadAhead:
         folder.bytes_ahead = 0
         folder.prepared_to = -1
         folder.batch.clear()
-        for scope in folder.running:  # a batch's files not received yet are not wanted now
-            scope.cancel()
+        if batches:
+            for stop in folder.running:  # a batch's files not requested yet: not wanted now
+                stop.set()
 
     # -- scheduling --------------------------------------------------------------------------
     def _advance(self, folder: _Folder, provider: Provider) -> None:
@@ -390,28 +396,28 @@ class FolderReadAhead:
     ) -> None:
         """Small files ahead of the reader, in one job of their provider (``fetch_batch``)."""
         c = self.counters
-        scope = trio.CancelScope()  # cancelled when the sequence stops (``_stop``)
-        folder.running.add(scope)
+        stop = threading.Event()  # set when the sequence stops (``_stop``)
+        folder.running.add(stop)
         try:
-            with scope:
-                async with self.limiter(batch[0][1].provider):
-                    order = folder.active
-                    if folder.generation != generation or order is None:
-                        c.skipped += len(batch)
-                        return
-                    objs = [obj for position, obj in batch if position > order.last]
-                    c.skipped += len(batch) - len(objs)
-                    if not objs:
-                        return
-                    self._started(c, objs[0].provider)  # a batch: one download at a time
-                    try:
-                        got = await self.cache.fetch_batch(objs)
-                    finally:
-                        c.active -= 1
-                    c.fetched += got
+            async with self.limiter(batch[0][1].provider):
+                order = folder.active
+                if folder.generation != generation or order is None:
+                    c.skipped += len(batch)
+                    return
+                objs = [obj for position, obj in batch if position > order.last]
+                c.skipped += len(batch) - len(objs)
+                if not objs:
+                    return
+                self._started(c, objs[0].provider)  # a batch: one download at a time
+                try:
+                    got = await self.cache.fetch_batch(objs, stop)
+                finally:
+                    c.active -= 1
+                c.fetched += got
+                if stop.is_set():
+                    c.skipped += len(objs) - got
+                else:
                     c.failed += len(objs) - got
-            if scope.cancelled_caught:
-                c.skipped += len(batch)
         except ProviderError as exc:
             c.failed += len(batch)
             log.debug("read-ahead of %d files failed: %s", len(batch), exc)
@@ -419,7 +425,7 @@ class FolderReadAhead:
             c.failed += len(batch)
             log.exception("read-ahead of %d files failed unexpectedly", len(batch))
         finally:
-            folder.running.discard(scope)
+            folder.running.discard(stop)
 
     async def _fetch(
         self, folder: _Folder, generation: int, position: int, obj: CachedObject

@@ -156,6 +156,32 @@ def test_cp_r_with_faults_in_the_read_ahead_batches_is_exact(
         assert raw_stats(emulator)["requests"].get(OBS, 0) == 0
 
 
+def test_enos_files_sent_as_json_are_read_ahead_once(
+    world_tiny: Path, emulator: Emulator, workdir: Path
+) -> None:
+    """EnOS answers errors as JSON envelopes, so a batch sniffs JSON answers: one that is not
+    an error envelope is the file's own bytes and is kept, not fetched a second time."""
+    by_dir: dict[str, list[dict[str, Any]]] = {}
+    for f in manifest(world_tiny):
+        if f["provider"] == "enos":
+            by_dir.setdefault(str(Path(f["path"]).parent), []).append(f)
+    folder, files = max(by_dir.items(), key=lambda kv: len(kv[1]))
+    assert len(files) >= 8, folder
+    with mounted(world_tiny, emulator.url, workdir) as m:
+        src = m.path / folder
+        assert len(list(src.iterdir())) == len(files)
+        rule = {"kind": "headers", "headers": {"Content-Type": "application/json"}}
+        emulator.set_faults({"rules": [{"route": "enos.download", **rule}]})
+        emulator.reset_stats()
+        r = run("cp", "-r", str(src), str(workdir / "copy"))
+        assert r.returncode == 0, r.stderr
+        got = md5_tree(workdir / "copy")
+        assert got == {Path(f["path"]).name: f["md5"] for f in files}
+        gets = raw_stats(emulator)["requests"].get("enos.download", 0)
+        assert gets == sum(1 for f in files if f["size"] > 0), gets  # each file once
+        assert "read in order" in m.log_text()
+
+
 def test_cp_r_of_the_worlds_folder_is_identical_with_one_get_per_file(
     world_tiny: Path, emulator: Emulator, workdir: Path
 ) -> None:
