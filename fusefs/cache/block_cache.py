@@ -779,7 +779,7 @@ class BlockCache:
             reserved = await self.budget.acquire(total)
             self.counters.fetches += len(items)
             provider = items[0][0].provider
-            # what arrived is what the sinks got whole; the provider's answers only say why not
+            # what arrived is what the sinks got whole
             await provider.fetch_batch(  # type: ignore[attr-defined]
                 [(obj.ref, sink) for obj, _, sink in items], stop
             )

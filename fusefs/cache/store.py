@@ -590,7 +590,7 @@ class BlockStore:
         """Trim unpinned blocks (least recently used first) to the cap; returns bytes freed."""
         freed = 0
         # while evicting for free space, every answer fresh: the punched holes count at once
-        for_space = 0  # bytes evicted for free space (not for the cap)
+        for_space = 0  # blocks evicted for free space (not for the cap)
         while self._lru and (
             self.unpinned_bytes > self.max_bytes or self._disk_too_full(fresh=for_space > 0)
         ):

@@ -689,13 +689,13 @@ async def download_batch(
     *,
     json_error: Callable[[bytes], ProviderError | None] | None = None,
     stop: threading.Event | None = None,
-) -> list[bool]:
+) -> None:
     """Read-ahead of small objects, whole: ``(get_target, size, sink)`` each, received one after
     another in ONE worker-thread job (a ``cp -r`` of a folder of small files: one job and one
     hand-off per batch instead of a task, a thread job and their hand-offs per file). Best
-    effort, without retries: an item is True when its ``size`` bytes all reached its sink; any
-    other answer, error or cut is False, and the object's own read then fetches it through
-    :func:`download_range` (retries, fresh links, error classification). ``stop`` set: the
+    effort, without retries: an item arrived when its sink got all ``size`` bytes (the caller
+    looks at the sinks); any other answer, error or cut leaves it to the object's own read,
+    through :func:`download_range` (retries, fresh links, error classification). ``stop`` set: the
     GETs not started yet are not sent (the one under way finishes). ``json_error``: JSON
     answers are sniffed (EnOS error envelopes); one that is not an error is the file's bytes."""
     provider = split_call(call)[0]
@@ -713,40 +713,28 @@ async def download_batch(
         for i, (get_target, size, sink) in enumerate(items):
             nursery.start_soon(resolve, i, get_target, size, sink)
 
-    def run() -> list[bool]:
-        done: list[bool] = []
+    def run() -> None:
         for job in jobs:
-            if job is None:
-                done.append(False)
+            if job is None or (stop is not None and stop.is_set()):
                 continue
             target, size, sink, attempt = job
-            if stop is not None and stop.is_set():
-                done.append(False)
-                continue
             try:
                 answer = bulk.get_into(
                     target.url, target.params, dict(target.headers), 0, size, sink, attempt,
                     json_error is not None, size,
                 )  # fmt: skip
-                if answer.body and _json_content(answer, size, json_error):
-                    _feed_whole(sink, answer.body)
-                    answer.received, answer.body = size, b""
             except Stopped:
                 raise
             except (OSError, http.client.HTTPException, ValueError, ProviderError) as exc:
                 log.debug("%s: read-ahead GET failed: %s", call, exc)
-                done.append(False)
                 continue
-            done.append(
-                answer.status in (200, 206)
-                and not answer.body
-                and not answer.bad_range
-                and answer.received == size
-            )
-        return done
+            if answer.body and _json_content(answer, size, json_error):
+                _feed_whole(sink, answer.body)
+            elif answer.received != size:
+                log.debug("%s: read-ahead GET answered %d", call, answer.status)
 
     try:
-        done = await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+        await trio.to_thread.run_sync(run, abandon_on_cancel=True)
     except BaseException:
         for job in jobs:
             if job is not None:
@@ -756,7 +744,6 @@ async def download_batch(
         for job in jobs:
             if job is not None and job[3].status is not None:
                 record_request(call, job[3].status)
-    return done
 
 
 def _json_content(

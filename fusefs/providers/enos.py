@@ -855,21 +855,17 @@ class EnosProvider:
 
     async def fetch_batch(
         self, items: Sequence[tuple[ObjectRef, RangeSink]], stop: threading.Event | None = None
-    ) -> list[bool]:
+    ) -> None:
         """Read-ahead of small files, whole, in one worker-thread job (``download_batch``)."""
-        done = [False] * len(items)
-        by_call: dict[str, list[int]] = {}  # attribute files and firmware: one job each
-        specs = [self._download_spec(ref) for ref, _ in items]
-        for i, spec in enumerate(specs):
-            by_call.setdefault(spec.call, []).append(i)
-        for call, idx in by_call.items():
-            targets = [(specs[i].get_target, items[i][0].size or 0, items[i][1]) for i in idx]
-            got = await download_batch(
-                self._bulk, call, targets, json_error=specs[idx[0]].json_error, stop=stop
+        by_call: dict[str, list[tuple[_DownloadSpec, ObjectRef, RangeSink]]] = {}
+        for ref, sink in items:  # attribute files and firmware: one job each
+            spec = self._download_spec(ref)
+            by_call.setdefault(spec.call, []).append((spec, ref, sink))
+        for call, group in by_call.items():
+            targets = [(spec.get_target, ref.size or 0, sink) for spec, ref, sink in group]
+            await download_batch(
+                self._bulk, call, targets, json_error=group[0][0].json_error, stop=stop
             )
-            for i, ok in zip(idx, got, strict=True):
-                done[i] = ok
-        return done
 
     async def fetch_range(self, ref: ObjectRef, offset: int, length: int, sink: RangeSink) -> None:
         """Bytes ``[offset, offset+length)`` into ``sink``, received off the event loop."""

@@ -710,10 +710,10 @@ class KoodriveProvider:
 
     async def fetch_batch(
         self, items: Sequence[tuple[ObjectRef, RangeSink]], stop: threading.Event | None = None
-    ) -> list[bool]:
+    ) -> None:
         """Read-ahead of small files, whole, in one worker-thread job (``download_batch``)."""
         targets = [(self._link_target(ref), ref.size or 0, sink) for ref, sink in items]
-        return await download_batch(self._bulk, "koodrive.obsGet", targets, stop=stop)
+        await download_batch(self._bulk, "koodrive.obsGet", targets, stop=stop)
 
     async def fetch_range(self, ref: ObjectRef, offset: int, length: int, sink: RangeSink) -> None:
         """Bytes ``[offset, offset+length)`` into ``sink``, received off the event loop."""
